@@ -1,0 +1,170 @@
+"""Alert policy (pure): fusion of detector scores, per-track hysteresis, incident lifecycle.
+
+For each (stream, track) the policy keeps the latest fake probability of every detector
+that has scored the track. Each new window score updates the fused score:
+
+* ``mean`` — the mean of the latest probabilities,
+* ``max`` — the largest,
+* ``weighted`` — ``Σ wᵢ·pᵢ / Σ wᵢ`` over the detectors present (missing weights count 1).
+
+Hysteresis: an incident **starts** after ``start_after`` consecutive scores at or above
+the threshold, emits an **update** for every later score while it lasts, and **ends**
+after ``end_after`` consecutive scores below it or when the track ends. After an end, the
+same track cannot start a new incident for ``cooldown_s`` seconds of stream time.
+One incident keeps one ``alert_id``; ``seq`` counts its events from 0.
+
+Times: ``cooldown_s`` is measured in stream time (window end timestamps), so the policy is
+deterministic for a given input; ``emitted_at`` comes from the injected wall clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+from ..types import BBox, Score
+
+Fusion = Literal["mean", "max", "weighted"]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    threshold: float = 0.7
+    fusion: Fusion = "mean"
+    weights: Mapping[str, float] = field(default_factory=dict)
+    start_after: int = 2
+    end_after: int = 3
+    cooldown_s: float = 10.0
+    calibrated: bool = True
+    models: Mapping[str, str] = field(default_factory=dict)
+    worker: str = ""
+
+    def __post_init__(self) -> None:
+        if self.start_after < 1 or self.end_after < 1:
+            raise ValueError("start_after and end_after must be >= 1")
+        if self.cooldown_s < 0:
+            raise ValueError("cooldown_s must be >= 0")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("fusion weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One alert event: the JSON ``payload`` (DESIGN.md's schema) plus routing data.
+
+    ``last_arrival`` is the wall-clock arrival of the newest frame in the window that
+    caused the event (for the alert-latency histogram); it is not part of the payload.
+    """
+
+    payload: dict[str, Any]
+    last_arrival: float
+
+    @property
+    def stream_id(self) -> str:
+        return str(self.payload["stream_id"])
+
+    @property
+    def event(self) -> str:
+        return str(self.payload["event"])
+
+
+def fuse(probabilities: Mapping[str, float], fusion: Fusion, weights: Mapping[str, float]) -> float:
+    """Fused fake probability of the detectors present in ``probabilities``."""
+    if not probabilities:
+        raise ValueError("nothing to fuse")
+    if fusion == "max":
+        return max(probabilities.values())
+    if fusion == "mean":
+        return sum(probabilities.values()) / len(probabilities)
+    total = sum(weights.get(d, 1.0) for d in probabilities)
+    if total <= 0:
+        return sum(probabilities.values()) / len(probabilities)
+    return sum(weights.get(d, 1.0) * p for d, p in probabilities.items()) / total
+
+
+@dataclass
+class _TrackState:
+    latest: dict[str, float] = field(default_factory=dict)
+    over: int = 0
+    under: int = 0
+    alert_id: str | None = None
+    seq: int = 0
+    last_end_pts: float | None = None
+    last: Score | None = None
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class AlertPolicy:
+    """Turns window scores into alert events. Not thread-safe: use it from one thread."""
+
+    def __init__(self, config: PolicyConfig, clock: Callable[[], float] = time.time,
+                 new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+        self.config = config
+        self._clock = clock
+        self._new_id = new_id
+        self._tracks: dict[tuple[str, int], _TrackState] = {}
+
+    def active_incidents(self) -> int:
+        return sum(1 for s in self._tracks.values() if s.alert_id is not None)
+
+    def on_score(self, score: Score) -> list[AlertEvent]:
+        """Feed one window score; returns the events it causes (zero or one)."""
+        cfg = self.config
+        state = self._tracks.setdefault((score.stream_id, score.track_id), _TrackState())
+        state.latest[score.detector] = score.probability
+        state.last = score
+        fused = fuse(state.latest, cfg.fusion, cfg.weights)
+        over = fused >= cfg.threshold
+        if state.alert_id is None:
+            state.over = state.over + 1 if over else 0
+            cooling = state.last_end_pts is not None and score.end_pts - state.last_end_pts < cfg.cooldown_s
+            if state.over >= cfg.start_after and not cooling:
+                state.alert_id, state.seq, state.under = self._new_id(), 0, 0
+                return [self._event(state, "start", fused)]
+            return []
+        state.under = 0 if over else state.under + 1
+        if state.under >= cfg.end_after:
+            return [self._end(state, fused)]
+        return [self._event(state, "update", fused)]
+
+    def on_track_end(self, stream_id: str, track_id: int) -> list[AlertEvent]:
+        """The track is gone: end its open incident, if any, and forget it."""
+        state = self._tracks.pop((stream_id, track_id), None)
+        if state is None or state.alert_id is None:
+            return []
+        return [self._end(state, fuse(state.latest, self.config.fusion, self.config.weights))]
+
+    def _end(self, state: _TrackState, fused: float) -> AlertEvent:
+        event = self._event(state, "end", fused)
+        state.alert_id, state.over, state.under = None, 0, 0
+        state.last_end_pts = state.last.end_pts if state.last is not None else None
+        return event
+
+    def _event(self, state: _TrackState, kind: str, fused: float) -> AlertEvent:
+        assert state.alert_id is not None and state.last is not None
+        cfg, s = self.config, state.last
+        bbox: BBox = s.bbox
+        payload = {
+            "alert_id": state.alert_id,
+            "event": kind,
+            "seq": state.seq,
+            "stream_id": s.stream_id,
+            "track_id": s.track_id,
+            "score": round(float(fused), 6),
+            "threshold": cfg.threshold,
+            "detectors": {d: round(float(p), 6) for d, p in sorted(state.latest.items())},
+            "window": {"start_pts": round(s.start_pts, 3), "end_pts": round(s.end_pts, 3), "frames": s.frames},
+            "bbox": [round(float(v), 1) for v in bbox],
+            "calibrated": cfg.calibrated,
+            "models": {d: cfg.models[d] for d in sorted(state.latest) if d in cfg.models},
+            "emitted_at": _iso(self._clock()),
+            "worker": cfg.worker,
+        }
+        state.seq += 1
+        return AlertEvent(payload, s.last_arrival)

@@ -1,0 +1,98 @@
+"""Alert policy: fusion, hysteresis, incident lifecycle, cooldown, schema."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from stream_monitor.alerts.policy import AlertPolicy, PolicyConfig, fuse
+from stream_monitor.types import Score
+
+SCHEMA_KEYS = {"alert_id", "event", "seq", "stream_id", "track_id", "score", "threshold", "detectors", "window",
+               "bbox", "calibrated", "models", "emitted_at", "worker"}
+
+
+def _score(p: float, t: float, det: str = "sta", track: int = 1) -> Score:
+    return Score("cam1", track, det, p, start_pts=t - 1.0, end_pts=t, frames=8, last_arrival=5000.0 + t,
+                 bbox=(10.0, 20.0, 110.0, 140.0))
+
+
+def _policy(**kw: object) -> AlertPolicy:
+    ids = (f"id{i}" for i in itertools.count())
+    cfg = PolicyConfig(**{"threshold": 0.5, "start_after": 2, "end_after": 2, "cooldown_s": 5.0,
+                          "models": {"sta": "sta_clip_vitl14@abcd1234"}, "worker": "host:1", **kw})  # type: ignore[arg-type]
+    return AlertPolicy(cfg, clock=lambda: 0.0, new_id=lambda: next(ids))
+
+
+def _run(policy: AlertPolicy, probs: list[float], t0: float = 0.0) -> list[tuple[str, str, int]]:
+    out = []
+    for i, p in enumerate(probs):
+        for ev in policy.on_score(_score(p, t0 + i)):
+            out.append((ev.payload["alert_id"], ev.event, ev.payload["seq"]))
+    return out
+
+
+def test_fusion_rules() -> None:
+    probs = {"sta": 0.9, "caddm": 0.3, "styleflow": 0.6}
+    assert fuse(probs, "mean", {}) == pytest.approx(0.6)
+    assert fuse(probs, "max", {}) == 0.9
+    assert fuse(probs, "weighted", {"sta": 2.0, "caddm": 0.0}) == pytest.approx((1.8 + 0.6) / 3)
+    with pytest.raises(ValueError):
+        fuse({}, "mean", {})
+
+
+def test_hysteresis_start_update_end() -> None:
+    events = _run(_policy(), [0.9, 0.1, 0.9, 0.9, 0.8, 0.2, 0.9, 0.1, 0.1, 0.9])
+    assert events == [("id0", "start", 0), ("id0", "update", 1), ("id0", "update", 2), ("id0", "update", 3),
+                      ("id0", "update", 4), ("id0", "end", 5)]
+
+
+def test_cooldown_blocks_a_quick_restart() -> None:
+    policy = _policy()
+    first = _run(policy, [0.9, 0.9, 0.1, 0.1])          # ends at t=3
+    again = _run(policy, [0.9, 0.9, 0.9], t0=4.0)      # within 5 s of the end: nothing
+    later = _run(policy, [0.9, 0.9], t0=9.0)           # cooldown over
+    assert [e[1] for e in first] == ["start", "update", "end"]
+    assert again == []
+    # The scores during the cooldown still count towards the next start.
+    assert later == [("id1", "start", 0), ("id1", "update", 1)]
+
+
+def test_track_end_closes_the_incident_and_tracks_are_separate() -> None:
+    policy = _policy(start_after=1)
+    a = policy.on_score(_score(0.9, 1.0, track=1))
+    b = policy.on_score(_score(0.2, 1.0, track=2))
+    assert [e.event for e in a] == ["start"] and b == []
+    assert policy.active_incidents() == 1
+    ended = policy.on_track_end("cam1", 1)
+    assert [e.event for e in ended] == ["end"] and ended[0].payload["alert_id"] == a[0].payload["alert_id"]
+    assert policy.on_track_end("cam1", 2) == [] and policy.active_incidents() == 0
+
+
+def test_threshold_zero_always_alerts() -> None:
+    events = _run(_policy(threshold=0.0, start_after=1), [0.0, 0.0])
+    assert [e[1] for e in events] == ["start", "update"]
+
+
+def test_payload_schema() -> None:
+    policy = _policy(start_after=1, calibrated=False)
+    policy.on_score(_score(0.4, 1.0, det="caddm"))
+    (ev,) = policy.on_score(_score(0.9, 2.0, det="sta"))
+    p = ev.payload
+    assert set(p) == SCHEMA_KEYS
+    assert p["event"] == "start" and p["seq"] == 0 and p["stream_id"] == "cam1" and p["track_id"] == 1
+    assert p["score"] == pytest.approx(0.65) and p["threshold"] == 0.5
+    assert p["detectors"] == {"caddm": 0.4, "sta": 0.9}
+    assert p["window"] == {"start_pts": 1.0, "end_pts": 2.0, "frames": 8}
+    assert p["bbox"] == [10.0, 20.0, 110.0, 140.0] and p["calibrated"] is False
+    assert p["models"] == {"sta": "sta_clip_vitl14@abcd1234"}
+    assert p["emitted_at"].startswith("1970-01-01T00:00:00") and p["worker"] == "host:1"
+    assert ev.last_arrival == 5002.0
+
+
+def test_bad_config() -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig(start_after=0)
+    with pytest.raises(ValueError):
+        PolicyConfig(weights={"sta": -1.0})

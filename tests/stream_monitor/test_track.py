@@ -1,0 +1,59 @@
+"""The face tracker: stable ids through short misses, new ids for new people."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_monitor.faces.track import FaceTracker, iou
+from stream_monitor.types import FaceObs
+
+
+def _face(x: float, y: float, size: float = 100.0) -> FaceObs:
+    return FaceObs(box=(x, y, x + size, y + size), points=np.zeros((5, 2), np.float32), score=0.99)
+
+
+def test_iou() -> None:
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+
+
+def test_ids_survive_short_misses_and_moving_faces() -> None:
+    tr = FaceTracker(iou_threshold=0.3, max_missed=2)
+    faces, ended = tr.update([_face(0, 0), _face(400, 0)])
+    a, b = (f.track_id for f in faces)
+    assert a != b and not ended
+    # Both move 10 px per frame; face b is missed for two frames.
+    for step in (1, 2):
+        faces, ended = tr.update([_face(10 * step, 0)])
+        assert [f.track_id for f in faces] == [a] and not ended
+    faces, ended = tr.update([_face(30, 0), _face(430, 0)])
+    assert [f.track_id for f in faces] == [a, b] and not ended
+
+
+def test_long_miss_ends_the_track_and_a_new_face_gets_a_new_id() -> None:
+    tr = FaceTracker(max_missed=1)
+    (first,), _ = tr.update([_face(0, 0)])
+    tr.update([])
+    faces, ended = tr.update([])
+    assert ended == [first.track_id] and not faces and tr.active == 0
+    (again,), _ = tr.update([_face(0, 0)])
+    assert again.track_id != first.track_id
+
+
+def test_velocity_keeps_a_fast_face_through_a_miss() -> None:
+    tr = FaceTracker(iou_threshold=0.3, max_missed=2)
+    ids = set()
+    x = 0.0
+    for i in range(8):
+        x += 40.0  # 40% of the box width per frame
+        faces, _ = tr.update([] if i == 4 else [_face(x, 0)])
+        ids.update(f.track_id for f in faces)
+    assert len(ids) == 1
+
+
+def test_close_ends_everything() -> None:
+    tr = FaceTracker()
+    faces, _ = tr.update([_face(0, 0), _face(300, 300)])
+    assert tr.close() == sorted(f.track_id for f in faces) and tr.active == 0
