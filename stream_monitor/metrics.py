@@ -1,0 +1,66 @@
+"""Every Prometheus metric of the service, declared once.
+
+Names follow DESIGN.md (prefix ``stream_monitor_``, seconds, ``_total`` for counters) and
+carry no per-track labels. Metrics live on an explicit ``CollectorRegistry`` owned by the
+:class:`Metrics` object, so several monitors (tests, benchmarks) can coexist in one
+process; ``render()`` gives the text exposition for ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
+_INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The service's metrics on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        p = "stream_monitor_"
+        self.frames_received = Counter(p + "frames_received_total", "Frames decoded from a stream.", ["stream"], registry=r)
+        self.frames_analysed = Counter(p + "frames_analysed_total", "Frames that went through face detection.",
+                                       ["stream"], registry=r)
+        self.frames_dropped = Counter(p + "frames_dropped_total",
+                                      "Frames or windows dropped under load, by pipeline stage.",
+                                      ["stream", "stage"], registry=r)
+        self.faces_detected = Counter(p + "faces_detected_total", "Faces detected.", ["stream"], registry=r)
+        self.tracks_active = Gauge(p + "tracks_active", "Face tracks currently alive.", ["stream"], registry=r)
+        self.windows_scored = Counter(p + "windows_scored_total", "Windows scored by a detector.", ["detector"],
+                                      registry=r)
+        self.inference_batch_size = Histogram(p + "inference_batch_size", "Windows (or faces) per inference batch.",
+                                              ["detector"], buckets=_BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(p + "inference_seconds", "Wall time of one inference batch.",
+                                           ["detector"], buckets=_INFER_BUCKETS, registry=r)
+        self.alert_latency = Histogram(p + "alert_latency_seconds",
+                                       "Last frame of the window received -> alert published.",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.alerts = Counter(p + "alerts_total", "Alert events published.", ["stream", "event"], registry=r)
+        self.stream_up = Gauge(p + "stream_up", "1 while the stream delivers frames, else 0.", ["stream"], registry=r)
+        self.stream_reconnects = Counter(p + "stream_reconnects_total", "Reconnections of a stream.", ["stream"],
+                                         registry=r)
+        self.alerts_pending = Gauge(p + "alerts_pending", "Alert events in the outbox waiting for Redis.", registry=r)
+        self.alert_publish_failures = Counter(p + "alert_publish_failures_total",
+                                              "Failed attempts to write alerts to Redis.", registry=r)
+        self.alerts_dropped = Counter(p + "alerts_dropped_total", "Alert events dropped because the outbox was full.",
+                                      registry=r)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def forget_stream(self, stream_id: str) -> None:
+        """Remove a deleted stream's labelled series (keeps /metrics from growing forever)."""
+        for metric in (self.frames_received, self.frames_analysed, self.faces_detected, self.tracks_active,
+                       self.stream_up, self.stream_reconnects):
+            try:
+                metric.remove(stream_id)
+            except KeyError:
+                pass
