@@ -68,7 +68,9 @@ class FrameSampler:
         if self.period == 0.0:
             return True
         tolerance = 0.25 * self.period
-        if self._last_pts is not None and pts > self._last_pts:
+        if self._last_pts is not None and pts < self._last_pts:
+            self._next_due = None  # the clock went backwards (a new session): start afresh
+        elif self._last_pts is not None and pts > self._last_pts:
             tolerance = min(tolerance, 0.5 * (pts - self._last_pts))
         self._last_pts = pts
         if self._next_due is not None and pts < self._next_due - tolerance:

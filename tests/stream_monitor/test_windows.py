@@ -34,6 +34,7 @@ def test_sampler_restarts_after_a_gap() -> None:
     assert s.accept(0.0) and not s.accept(0.2) and s.accept(0.5)
     assert s.accept(10.0)                  # long gap: take the next frame
     assert not s.accept(10.3) and s.accept(10.5)
+    assert s.accept(0.1) and not s.accept(0.2)  # timestamps restarted (reconnect)
 
 
 def test_windows_length_and_stride() -> None:

@@ -1,0 +1,199 @@
+"""One validated configuration tree (pydantic, ``extra="forbid"``), from YAML plus environment.
+
+Each component receives only its own section. Secrets never need to be in the file:
+``STREAM_MONITOR_REDIS_URL`` and ``STREAM_MONITOR_API_TOKEN`` override ``redis.url`` and
+``api.token``. ``deploy/config.example.yaml`` documents every field (a test keeps the two in
+step). Units: seconds for times, frames per second for rates, pixels for sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DETECTOR_NAMES = ("caddm", "sta", "styleflow")
+DEFAULT_MODELS = {"caddm": "caddm_efficientnet_b4", "sta": "sta_clip_vitl14", "styleflow": "styleflow"}
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message says where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackoffConfig(_Section):
+    initial_s: float = Field(0.5, gt=0)
+    max_s: float = Field(30.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.2, ge=0, lt=1)
+
+
+class IngestConfig(_Section):
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    stall_timeout_s: float = Field(10.0, gt=0)
+    reconnect: BackoffConfig = BackoffConfig()
+    queue_frames: int = Field(8, ge=1)
+    realtime: bool = True
+    max_fps: float | None = Field(None, gt=0)
+
+
+class StreamConfig(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    url: str = Field(min_length=1)
+
+
+class TrackConfig(_Section):
+    iou_threshold: float = Field(0.3, gt=0, le=1)
+    max_missed: int = Field(2, ge=0)
+
+
+class FacesConfig(_Section):
+    backend: Literal["mtcnn", "scrfd"] = "mtcnn"
+    scrfd_model: Path | None = None
+    min_confidence: float = Field(0.95, ge=0, le=1)
+    min_size: int = Field(40, ge=8)
+    max_faces: int = Field(10, ge=1)
+    batch_size: int = Field(8, ge=1)
+    track: TrackConfig = TrackConfig()
+
+    @model_validator(mode="after")
+    def _scrfd_needs_a_model(self) -> "FacesConfig":
+        if self.backend == "scrfd" and self.scrfd_model is None:
+            raise ValueError("faces.backend 'scrfd' needs faces.scrfd_model (e.g. buffalo_l's det_10g.onnx)")
+        return self
+
+
+class DetectorConfig(_Section):
+    model: str | None = None
+    checkpoint: str | dict[str, str] | None = None
+    sample_fps: float | None = Field(None, gt=0)
+    window_len: int | None = Field(None, ge=1)
+    window_stride: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(50.0, ge=0)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class DetectorsConfig(_Section):
+    enabled: list[Literal["caddm", "sta", "styleflow"]] = Field(default_factory=lambda: list(DETECTOR_NAMES))
+    weights_dir: Path = Path("weights")
+    random_weights: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    caddm: DetectorConfig = DetectorConfig()
+    sta: DetectorConfig = DetectorConfig()
+    styleflow: DetectorConfig = DetectorConfig()
+
+    @field_validator("enabled")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("enable at least one detector")
+        if len(set(v)) != len(v):
+            raise ValueError("a detector is listed twice")
+        return v
+
+    def detector(self, name: str) -> DetectorConfig:
+        return getattr(self, name)  # type: ignore[no-any-return]
+
+
+class AlertsConfig(_Section):
+    threshold: float = Field(0.7, ge=0, le=1)
+    fusion: Literal["mean", "max", "weighted"] = "mean"
+    weights: dict[str, float] = Field(default_factory=dict)
+    start_after: int = Field(2, ge=1)
+    end_after: int = Field(3, ge=1)
+    cooldown_s: float = Field(10.0, ge=0)
+    jsonl: Path | None = None
+    stdout: bool | None = None
+
+
+class RedisConfig(_Section):
+    url: str | None = None
+    prefix: str = Field("deepfake", pattern=r"^[A-Za-z0-9_.:-]+$")
+    stream_maxlen: int = Field(100_000, ge=1)
+    outbox_max: int = Field(10_000, ge=1)
+    retry: BackoffConfig = BackoffConfig(initial_s=0.2, max_s=5.0)
+
+
+class ApiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+    token: str | None = None
+    predict_roots: list[Path] = Field(default_factory=list)
+    predict_schemes: list[str] = Field(default_factory=lambda: ["http", "https", "rtsp", "rtsps"])
+    predict_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+
+
+class MetricsConfig(_Section):
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class Config(_Section):
+    worker_name: str | None = None
+    streams: list[StreamConfig] = Field(default_factory=list)
+    ingest: IngestConfig = IngestConfig()
+    faces: FacesConfig = FacesConfig()
+    detectors: DetectorsConfig = DetectorsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    redis: RedisConfig = RedisConfig()
+    api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_ids(cls, v: list[StreamConfig]) -> list[StreamConfig]:
+        ids = [s.id for s in v]
+        if len(set(ids)) != len(ids):
+            raise ValueError("stream ids must be unique")
+        return v
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Read YAML (optional), apply nested ``overrides`` (CLI flags), then secrets from env.
+
+    Raises :class:`ConfigError` naming the file and the offending field.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    data = _merge(data, overrides or {})
+    secrets: dict[str, Any] = {}
+    if env.get("STREAM_MONITOR_REDIS_URL"):
+        secrets["redis"] = {"url": env["STREAM_MONITOR_REDIS_URL"]}
+    if env.get("STREAM_MONITOR_API_TOKEN"):
+        secrets["api"] = {"token": env["STREAM_MONITOR_API_TOKEN"]}
+    data = _merge(data, secrets)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{source}: invalid configuration: {problems}") from exc

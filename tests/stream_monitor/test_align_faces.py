@@ -1,0 +1,66 @@
+"""Per-detector alignment of tracked faces: per-frame crops and StyleFlow's per-clip canvas."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+import models
+from models.align import adapt_keypoints, fit_cp2tform, fit_umeyama
+from stream_monitor.faces.align import Aligner, context_box
+from stream_monitor.types import FaceObs, WindowItem
+
+POINTS = np.array([[300, 200], [360, 198], [331, 236], [305, 268], [355, 266]], np.float32)
+
+
+def _frame(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.resize(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+
+
+def _face(shift: float) -> FaceObs:
+    pts = POINTS + np.float32([shift, shift / 2])
+    # A tight box, so the 2x context region is smaller than the crop and black shows.
+    box = (float(pts[:, 0].min() - 8), float(pts[:, 1].min() - 12), float(pts[:, 0].max() + 8),
+           float(pts[:, 1].max() + 8))
+    return FaceObs(box=box, points=pts, score=0.99)
+
+
+def test_context_box_follows_ftcn() -> None:
+    assert context_box((100, 100, 200, 160), 2.0, 640, 480) == (50, 70, 250, 190)
+    assert context_box((10.4, 5.6, 100.2, 90.0), 2.0, 120, 100) == (0, 0, 119, 99)  # clipped to the frame
+
+
+def test_per_frame_crop_is_the_authors_warp() -> None:
+    card = models.create_model("sta_clip_vitl14", device="meta").card
+    t = card.template
+    image, face = _frame(0), _face(0)
+    crop, origin = Aligner(t).patch(image, face)
+    pts = adapt_keypoints(face.points.astype(np.float64), np.asarray(t.keypoint_offsets))
+    ref = cv2.warpAffine(image, fit_umeyama(pts, np.asarray(t.points)), (t.size, t.size))
+    assert origin == (0, 0) and crop.shape == (t.size, t.size, 3)
+    np.testing.assert_array_equal(crop, ref)
+
+
+def test_per_clip_crops_equal_the_black_canvas_warp() -> None:
+    t = models.create_model("styleflow", device="meta").card.template
+    assert t.per_clip
+    aligner = Aligner(t)
+    frames, faces, items = [], [], []
+    for i in range(6):
+        image, face = _frame(i), _face(4.0 * i)
+        patch, origin = aligner.patch(image, face)
+        frames.append(image)
+        faces.append(face)
+        items.append(WindowItem(i, i / 30, 0.0, face.box, face.points, patch, origin))
+    crops = aligner.clip_crops(items)
+    assert crops.shape == (6, t.size, t.size, 3)
+    m = fit_cp2tform(np.concatenate([f.points for f in faces]).astype(np.float64), np.tile(np.asarray(t.points), (6, 1)))
+    for image, face, crop in zip(frames, faces, crops):
+        x1, y1, x2, y2 = context_box(face.box, t.box_scale or 2.0, 640, 480)
+        canvas = np.zeros_like(image)
+        canvas[y1:y2, x1:x2] = image[y1:y2, x1:x2]
+        ref = cv2.warpAffine(canvas, m, (t.size, t.size))
+        diff = np.abs(ref.astype(int) - crop.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+        assert crop.any() and (crop == 0).all(axis=-1).any(), "expected black outside the context box"
