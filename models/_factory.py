@@ -44,14 +44,20 @@ def create_model(name: str, checkpoint: CheckpointArg = None, *, strict: bool = 
     return model.eval()
 
 
-def convert_checkpoint(name: str, src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                       strict: bool = True, **overrides: Any) -> str:
+def convert_checkpoint(name: str, src: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+                       dst: str | os.PathLike[str], *, strict: bool = True, **overrides: Any) -> str:
     """Convert an authors' checkpoint to safetensors under our canonical key names.
 
-    The model is built on the ``meta`` device and receives the file's tensors by
-    assignment, so no second full-size copy is allocated. Returns the new file's sha256.
+    ``src`` is a file, or for composite models a mapping from part name to file. The
+    model is built on the ``meta`` device and receives the file's tensors by assignment,
+    so no second full-size copy is allocated. The sources' sha256 go into the file's
+    metadata. Returns the new file's sha256.
     """
     from ._loading import save_safetensors, sha256_file
 
     model = create_model(name, checkpoint=src, strict=strict, device="meta", **overrides)
-    return save_safetensors(model, dst, metadata={"model": name, "source_sha256": sha256_file(src)})
+    if isinstance(src, Mapping):
+        sources = ",".join(f"{part}={sha256_file(path)}" for part, path in sorted(src.items()))
+    else:
+        sources = sha256_file(src)
+    return save_safetensors(model, dst, metadata={"model": name, "source_sha256": sources})
