@@ -65,14 +65,26 @@ class Aligner:
         x1, y1, x2, y2 = context_box(face.box, t.box_scale or 2.0, w, h)
         return np.ascontiguousarray(image[y1:y2, x1:x2]), (x1, y1)
 
-    def clip_crops(self, items: Sequence[WindowItem]) -> np.ndarray:
-        """uint8 RGB ``[T, S, S, 3]`` crops of a window, in item order."""
+    def clip_transform(self, items: Sequence[WindowItem]) -> np.ndarray | None:
+        """The clip's frame→crop similarity ``[2, 3]`` for per-clip templates, else ``None``.
+
+        Fitted over every item, repeats of a reflect-padded clip included (as the
+        authors' padded clips are fitted).
+        """
+        if not self.template.per_clip:
+            return None
+        return fit_template(np.stack([item.points for item in items]).astype(np.float64), self.template)
+
+    def clip_crops(self, items: Sequence[WindowItem], transform: np.ndarray | None = None) -> np.ndarray:
+        """uint8 RGB ``[T, S, S, 3]`` crops of a window, in item order.
+
+        Per-clip templates warp each item's context region with ``transform`` (fitted by
+        :meth:`clip_transform` when not given); each distinct item is warped once.
+        """
         t = self.template
         if not t.per_clip:
             return np.stack([item.patch for item in items])
-        # Fit over every item, repeats of a reflect-padded clip included (as the authors'
-        # padded clips are fitted); warp each distinct item once.
-        m = fit_template(np.stack([item.points for item in items]).astype(np.float64), t)
+        m = self.clip_transform(items) if transform is None else transform
         out = {}
         for item in {id(item): item for item in items}.values():
             # The clip transform maps frame pixels; the region starts at its origin.

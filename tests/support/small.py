@@ -1,0 +1,31 @@
+"""Small configurations of the real detectors for service tests (same code, tiny widths).
+
+Input sizes stay those of the model cards (224/256 crops, 8/32-frame clips), so the
+service's alignment, sampling and preprocessing run exactly as with full-size models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SMALL_DETECTORS: dict[str, dict[str, Any]] = {
+    "caddm": {"model": "caddm_resnet34", "overrides": {"layers": [1, 1, 1, 1], "widths": [8, 16, 32, 64]}},
+    "sta": {"overrides": {"width": 32, "layers": 1, "heads": 2, "adapter_width": 16}},
+    "styleflow": {"overrides": {
+        "psp": {"units": [1, 1, 1, 1], "widths": [16, 16, 16, 16], "n_styles": 4, "style_dim": 8, "input_size": 256},
+        "stylegru": {"steps": 31, "input_size": 32, "hidden_size": 256, "res_hidden": 32},
+        "content": {"width": 4, "clip_len": 32, "input_size": 224, "tte_heads": 2, "tte_dim_head": 8,
+                    "tte_mlp_dim": 32},
+    }},
+}
+
+
+def small_config(**sections: Any) -> dict[str, Any]:
+    """Config overrides: random-weight small detectors on the CPU plus ``sections``."""
+    base: dict[str, Any] = {"detectors": {"random_weights": True, "device": "cpu", **SMALL_DETECTORS}}
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
