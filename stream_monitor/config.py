@@ -72,14 +72,26 @@ class FacesConfig(_Section):
 
 
 class DetectorConfig(_Section):
+    """One detector's overrides of its model card (``None`` keeps the card's value).
+
+    ``sample_fps``: a rate in frames per second, or ``"all"`` for every decoded frame.
+    """
+
     model: str | None = None
     checkpoint: str | dict[str, str] | None = None
-    sample_fps: float | None = Field(None, gt=0)
+    sample_fps: float | Literal["all"] | None = None
     window_len: int | None = Field(None, ge=1)
     window_stride: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(50.0, ge=0)
     overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sample_fps")
+    @classmethod
+    def _positive(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, (int, float)) and v <= 0:
+            raise ValueError("sample_fps must be positive (or 'all')")
+        return v
 
 
 class DetectorsConfig(_Section):

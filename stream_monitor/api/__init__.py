@@ -1,0 +1,40 @@
+"""The HTTP API (aiohttp): health, readiness, metrics, streams, predict.
+
+``build_api(monitor)`` is the full API; ``build_metrics_app(monitor)`` serves only
+``/metrics`` and ``/healthcheck`` (the ``--metrics-port`` listener). With ``api.token``
+set, every route except ``/healthcheck`` and ``/metrics`` needs
+``Authorization: Bearer <token>``. Errors are JSON ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .auth import auth_middleware, json_errors
+from .health import add_health_routes
+from .predict import add_predict_routes
+from .streams import add_stream_routes
+
+if TYPE_CHECKING:
+    from ..app import Monitor
+
+MONITOR = web.AppKey("monitor", object)
+
+
+def build_api(monitor: "Monitor") -> web.Application:
+    cfg = monitor.cfg.api
+    app = web.Application(middlewares=[json_errors, auth_middleware(cfg.token)], client_max_size=cfg.max_body_bytes)
+    app[MONITOR] = monitor
+    add_health_routes(app)
+    add_stream_routes(app)
+    add_predict_routes(app)
+    return app
+
+
+def build_metrics_app(monitor: "Monitor") -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+    app[MONITOR] = monitor
+    add_health_routes(app, metrics_only=True)
+    return app

@@ -1,0 +1,5 @@
+"""``python -m stream_monitor`` = the ``stream-monitor`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""``/streams``: list, add, inspect and delete streams at run time."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ..app import StreamExists, UnknownStream
+from ..errors import SourceError
+from ..ingest.base import check_url
+from .auth import error
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The JSON object body, or a 400/415 response saying what is wrong."""
+    if request.content_type not in ("application/json", ""):
+        return error(415, f"expected application/json, got {request.content_type}")
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        return error(400, f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return error(400, "body must be a JSON object")
+    return body
+
+
+def add_stream_routes(app: web.Application) -> None:
+    from . import MONITOR
+
+    async def list_streams(request: web.Request) -> web.Response:
+        monitor: Any = request.app[MONITOR]
+        return web.json_response({"streams": [h.status() for h in monitor.streams.values()]})
+
+    async def add_stream(request: web.Request) -> web.Response:
+        monitor: Any = request.app[MONITOR]
+        body = await read_json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        stream_id, url = body.get("id"), body.get("url")
+        if not isinstance(stream_id, str) or not _ID.match(stream_id):
+            return error(400, "'id' must be 1-64 characters: letters, digits, '_', '.', '-' (not first)")
+        if not isinstance(url, str) or not url:
+            return error(400, "'url' must be a non-empty string")
+        extra = set(body) - {"id", "url"}
+        if extra:
+            return error(400, f"unknown fields: {sorted(extra)}")
+        try:
+            check_url(url)
+        except SourceError as exc:
+            return error(400, str(exc))
+        try:
+            handle = await monitor.add_stream(stream_id, url)
+        except StreamExists as exc:
+            return error(409, str(exc))
+        return web.json_response(handle.status(), status=201, headers={"Location": f"/streams/{stream_id}"})
+
+    async def get_stream(request: web.Request) -> web.Response:
+        monitor: Any = request.app[MONITOR]
+        handle = monitor.streams.get(request.match_info["id"])
+        if handle is None:
+            return error(404, f"no stream {request.match_info['id']!r}")
+        return web.json_response(handle.status())
+
+    async def delete_stream(request: web.Request) -> web.Response:
+        monitor: Any = request.app[MONITOR]
+        try:
+            await monitor.remove_stream(request.match_info["id"])
+        except UnknownStream as exc:
+            return error(404, str(exc))
+        return web.Response(status=204)
+
+    app.router.add_get("/streams", list_streams)
+    app.router.add_post("/streams", add_stream)
+    app.router.add_get("/streams/{id}", get_stream)
+    app.router.add_delete("/streams/{id}", delete_stream)

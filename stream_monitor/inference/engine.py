@@ -1,0 +1,165 @@
+"""The inference engine: models loaded once, one worker thread, one batching lane each for
+face detection and for every detector, shared by all streams.
+
+``analyse(frame)`` → face detection (batched across streams) and, on the worker thread
+right after it, the stream's tracking/windowing (:class:`StreamAnalysis`);
+``score(clip)`` → the clip's detector lane. Both return asyncio futures that fail with
+:class:`~stream_monitor.inference.batcher.Shed` when the lane sheds them under load
+(counted in ``stream_monitor_frames_dropped_total{stage}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import torch
+
+import models
+
+from ..config import Config
+from ..faces.detect import FaceDetector, create_detector
+from ..metrics import Metrics
+from ..types import Clip, Frame
+from ..weights import model_name, resolve_all
+from ..windows import WindowSpec
+from .analysis import FrameAnalysis, StreamAnalysis
+from .batcher import Batcher
+from .runners import RUNNERS, DetectorRunner, model_fingerprint
+from .worker import InferenceWorker, resolve_device
+
+log = logging.getLogger(__name__)
+
+# Final windows need at least half a clip of real frames (StyleFlow's authors skip tracks
+# shorter than 16 of 32 frames); per-frame models score whatever is left.
+_MIN_FINAL_FRACTION = 0.5
+
+
+def window_spec(detector: str, card: models.ModelCard, sample_fps: float | str | None, window_len: int | None,
+                window_stride: int | None) -> WindowSpec:
+    """The card's windowing with the config's overrides applied (``sample_fps="all"``: every frame)."""
+    length = window_len or card.window_len
+    per_frame = card.clip_len == 1
+    if not per_frame and length != card.clip_len:
+        raise ValueError(f"{detector}: window_len must equal the model's clip length {card.clip_len}")
+    return WindowSpec(detector=detector, window_len=length, stride=window_stride or card.window_stride,
+                      sample_fps=card.sample_fps if sample_fps is None else
+                      None if sample_fps == "all" else float(sample_fps),
+                      min_final=1 if per_frame else max(1, int(length * _MIN_FINAL_FRACTION)),
+                      pad_final=not per_frame)
+
+
+class Engine:
+    """Models, worker and lanes. Build with :meth:`load` (blocking), then :meth:`start`."""
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.device = resolve_device(cfg.detectors.device)
+        self.worker = InferenceWorker()
+        self.runners: dict[str, DetectorRunner] = {}
+        self.face_detector: FaceDetector | None = None
+        self._streams: dict[str, StreamAnalysis] = {}
+        self._faces: Batcher[Frame, FrameAnalysis] | None = None
+        self._lanes: dict[str, Batcher[Clip, float]] = {}
+
+    @property
+    def calibrated(self) -> bool:
+        return not self.cfg.detectors.random_weights
+
+    @property
+    def model_ids(self) -> dict[str, str]:
+        return {name: r.model_id for name, r in self.runners.items()}
+
+    def load(self) -> None:
+        """Resolve weights (``WeightsError`` if missing), build and load every model."""
+        dcfg = self.cfg.detectors
+        resolved = {} if dcfg.random_weights else resolve_all(dcfg)
+        if dcfg.random_weights:
+            log.warning("RANDOM WEIGHTS: detectors are untrained; scores are meaningless and every alert says "
+                        "\"calibrated\": false")
+        for detector in dcfg.enabled:
+            det_cfg = dcfg.detector(detector)
+            name = model_name(detector, dcfg)
+            weights = resolved.get(detector)
+            torch.manual_seed(0)  # random weights are reproducible run to run
+            model = models.create_model(name, checkpoint=weights.checkpoint if weights else None,
+                                        **det_cfg.overrides)
+            model = model.to(self.device).eval()
+            card = model.card
+            spec = window_spec(detector, card, det_cfg.sample_fps, det_cfg.window_len, det_cfg.window_stride)
+            runner_cls = RUNNERS[detector]
+            self.runners[detector] = runner_cls(detector, model, card, model_fingerprint(name, weights.files if weights
+                                                                                         else ()), spec, self.device)
+            log.info("detector %s: %s on %s, window %d/%d at %s fps", detector, self.runners[detector].model_id,
+                     self.device, spec.window_len, spec.stride, spec.sample_fps or "every")
+        self.face_detector = create_detector(self.cfg.faces, self.device)
+
+    async def start(self) -> None:
+        self.worker.start()
+        m = self.metrics
+        fc = self.cfg.faces
+        self._faces = Batcher("faces", self.worker, self._detect_batch, max_batch=fc.batch_size,
+                              max_wait_s=0.02, max_pending=max(64, 4 * fc.batch_size), max_inflight=1,
+                              on_batch=lambda n, s: self._observe("faces", n, s),
+                              on_shed=lambda f: m.frames_dropped.labels(f.stream_id, "faces").inc())
+        for detector, runner in self.runners.items():
+            dc = self.cfg.detectors.detector(detector)
+            self._lanes[detector] = Batcher(
+                detector, self.worker, runner.run, max_batch=dc.batch_size, max_wait_s=dc.max_wait_ms / 1000,
+                max_pending=max(32, 8 * dc.batch_size), max_inflight=1,
+                on_batch=lambda n, s, d=detector: self._observe(d, n, s),
+                on_shed=lambda c, d=detector: m.frames_dropped.labels(c.stream_id, f"window_{d}").inc())
+
+    async def stop(self) -> None:
+        for lane in [self._faces, *self._lanes.values()]:
+            if lane is not None:
+                lane.fail_pending("engine stopping")
+        await asyncio.to_thread(self.worker.stop)
+
+    def _observe(self, lane: str, n: int, seconds: float) -> None:
+        self.metrics.inference_batch_size.labels(lane).observe(n)
+        self.metrics.inference_seconds.labels(lane).observe(seconds)
+
+    def _detect_batch(self, frames: list[Frame]) -> list[FrameAnalysis]:
+        assert self.face_detector is not None
+        faces = self.face_detector.detect([f.image for f in frames])
+        out = []
+        for frame, found in zip(frames, faces):
+            state = self._streams.get(frame.stream_id)
+            out.append(state.process(frame, found) if state is not None
+                       else FrameAnalysis(frame.stream_id, frame.seq, frame.pts))
+        return out
+
+    async def _on_worker(self, fn: Any) -> Any:
+        return await asyncio.wrap_future(self.worker.submit(fn))
+
+    async def open_stream(self, stream_id: str) -> None:
+        tc = self.cfg.faces.track
+
+        def open_() -> None:
+            self._streams[stream_id] = StreamAnalysis(stream_id, self.runners, tc.iou_threshold, tc.max_missed)
+
+        await self._on_worker(open_)
+
+    async def close_stream(self, stream_id: str, forget: bool = True) -> FrameAnalysis:
+        """End every track of the stream (final windows); ``forget`` drops its state."""
+
+        def close_() -> FrameAnalysis:
+            state = self._streams.get(stream_id)
+            if state is None:
+                return FrameAnalysis(stream_id, -1, -1.0)
+            result = state.close()
+            if forget:
+                del self._streams[stream_id]
+            return result
+
+        return await self._on_worker(close_)  # type: ignore[no-any-return]
+
+    def analyse(self, frame: Frame) -> "asyncio.Future[FrameAnalysis]":
+        assert self._faces is not None, "start() first"
+        return self._faces.submit(frame)
+
+    def score(self, clip: Clip) -> "asyncio.Future[float]":
+        return self._lanes[clip.detector].submit(clip)

@@ -1,0 +1,148 @@
+"""One stream's path on the asyncio loop: frames → engine → scores → alert policy → sink.
+
+``on_frame`` submits each frame to the engine and returns at once unless
+``max_inflight`` frames are already in the engine (then it waits: the supervisor's bounded
+buffer drops the oldest frames of a live source meanwhile). Analyses are handled strictly
+in frame order by a done-callback chain, so tracks, windows and alert events keep the
+stream's order. A track's end event waits until every window of that track submitted
+before it has been scored, so the final windows can still update the incident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .alerts.policy import AlertPolicy
+from .alerts.publisher import AlertSink
+from .inference.analysis import FrameAnalysis
+from .inference.batcher import Shed
+from .inference.engine import Engine
+from .metrics import Metrics
+from .types import Clip, Frame, Score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamStats:
+    """Live figures for ``GET /streams/{id}``."""
+
+    frames_analysed: int = 0
+    faces: int = 0
+    tracks: int = 0
+    windows: int = 0
+    alerts: int = 0
+    last_scores: dict[str, float] = field(default_factory=dict)
+    last_fused: dict[int, float] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+
+class StreamPipeline:
+    def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
+                 max_inflight: int = 4) -> None:
+        self.stream_id = stream_id
+        self.engine = engine
+        self.policy = policy
+        self.sink = sink
+        self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.stats = StreamStats()
+        self._inflight: deque[asyncio.Future[FrameAnalysis]] = deque()
+        self._track_scores: dict[int, set[asyncio.Future[Any]]] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    async def open(self) -> None:
+        await self.engine.open_stream(self.stream_id)
+
+    async def on_frame(self, frame: Frame) -> None:
+        while len(self._inflight) >= self.max_inflight:
+            await asyncio.wait({self._inflight[0]})
+        fut = self.engine.analyse(frame)
+        self._inflight.append(fut)
+        fut.add_done_callback(lambda _: self._drain())
+
+    def on_session(self, session: int) -> None:
+        """A new connection: timestamps restart, so every track of the old one ends."""
+        if session > 1:
+            self._spawn(self._close_tracks(forget=False))
+
+    async def close(self) -> None:
+        """Stream stopped: finish in-flight frames, end all tracks, wait for their alerts."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight))
+        self._drain()
+        await self._close_tracks(forget=True)
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _close_tracks(self, forget: bool) -> None:
+        self._handle(await self.engine.close_stream(self.stream_id, forget=forget))
+
+    def _drain(self) -> None:
+        while self._inflight and self._inflight[0].done():
+            fut = self._inflight.popleft()
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if isinstance(exc, Shed):
+                continue
+            if exc is not None:
+                log.error("%s: frame analysis failed: %r", self.stream_id, exc)
+                continue
+            self._handle(fut.result())
+
+    def _handle(self, analysis: FrameAnalysis) -> None:
+        m, sid = self.metrics, self.stream_id
+        if analysis.seq >= 0:
+            m.frames_analysed.labels(sid).inc()
+            m.faces_detected.labels(sid).inc(len(analysis.faces))
+            self.stats.frames_analysed += 1
+            self.stats.faces = len(analysis.faces)
+        m.tracks_active.labels(sid).set(analysis.tracks_active)
+        self.stats.tracks = analysis.tracks_active
+        for clip in analysis.clips:
+            self._submit(clip)
+        for track_id in analysis.ended:
+            pending = self._track_scores.pop(track_id, set())
+            self._spawn(self._end_track(track_id, pending))
+
+    def _submit(self, clip: Clip) -> None:
+        fut = self.engine.score(clip)
+        self._track_scores.setdefault(clip.track_id, set()).add(fut)
+        fut.add_done_callback(lambda f: self._on_score(clip, f))
+
+    def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
+        self._track_scores.get(clip.track_id, set()).discard(fut)
+        if fut.cancelled() or isinstance(fut.exception(), Shed):
+            return
+        if fut.exception() is not None:
+            log.error("%s: %s window failed: %r", self.stream_id, clip.detector, fut.exception())
+            return
+        probability = fut.result()
+        self.metrics.windows_scored.labels(clip.detector).inc()
+        self.stats.windows += 1
+        self.stats.last_scores[clip.detector] = round(probability, 4)
+        self.stats.updated_at = time.time()
+        score = Score(self.stream_id, clip.track_id, clip.detector, probability, clip.start_pts, clip.end_pts,
+                      len({id(it) for it in clip.items}), clip.last_arrival, clip.bbox)
+        self._emit(self.policy.on_score(score))
+
+    async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
+        if pending:
+            await asyncio.wait(pending)
+        self._emit(self.policy.on_track_end(self.stream_id, track_id))
+
+    def _emit(self, events: list[Any]) -> None:
+        for event in events:
+            self.stats.alerts += 1
+            self.sink.publish(event)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

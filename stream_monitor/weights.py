@@ -1,0 +1,162 @@
+"""Where each detector's checkpoint files are, and what to say when they are not there.
+
+Resolution for a detector (``caddm``, ``sta``, ``styleflow``) with model name ``M``:
+
+1. ``detectors.<d>.checkpoint`` from the config: a path (relative to ``weights_dir``
+   unless absolute) or, for ``styleflow``, a mapping ``{psp_encoder, stylegru, content}``;
+2. else ``<weights_dir>/<M>.safetensors`` (what ``weights import`` writes);
+3. else the authors' file names from the model card, in ``weights_dir``.
+
+Missing files raise :class:`WeightsError` naming every file and where it comes from
+(the cards' ``CheckpointSpec.source``); the CLI turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import models
+from models.card import ModelCard
+
+from .config import DEFAULT_MODELS, DETECTOR_NAMES, DetectorsConfig
+from .errors import WeightsError
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """The checkpoint argument for ``models.create_model`` and the files behind it."""
+
+    detector: str
+    model: str
+    checkpoint: str | dict[str, str]
+    files: tuple[str, ...]
+
+
+def model_name(detector: str, cfg: DetectorsConfig) -> str:
+    return cfg.detector(detector).model or DEFAULT_MODELS[detector]
+
+
+def card_of(name: str) -> ModelCard:
+    """The model card of a registered model, without allocating its weights."""
+    return models.create_model(name, device="meta").card  # type: ignore[no-any-return]
+
+
+def _authors_file(weights_dir: Path, filename: str) -> Path | None:
+    if "<" in filename:  # a pattern such as StyleGRU's checkpoint_<epoch>: take the newest match
+        pattern = filename.split("<", 1)[0] + "*"
+        matches = sorted(glob.glob(str(weights_dir / pattern)), key=lambda p: Path(p).stat().st_mtime)
+        return Path(matches[-1]) if matches else None
+    path = weights_dir / filename
+    return path if path.is_file() else None
+
+
+def _part_file(root: Path, card: ModelCard, part: str, filename: str) -> Path | None:
+    """A converted part (``<model>_<part>.safetensors``) or the authors' file for a part."""
+    if len(card.checkpoints) > 1:
+        converted = root / f"{card.name}_{part}.safetensors"
+        if converted.is_file():
+            return converted
+    return _authors_file(root, filename)
+
+
+def resolve(detector: str, cfg: DetectorsConfig) -> ResolvedWeights:
+    """Find the files for ``detector`` or raise :class:`WeightsError` saying what is missing."""
+    name = model_name(detector, cfg)
+    root = cfg.weights_dir
+    explicit = cfg.detector(detector).checkpoint
+    if isinstance(explicit, Mapping):
+        paths = {part: str(p if Path(p).is_absolute() else root / p) for part, p in explicit.items()}
+        missing = [p for p in paths.values() if not Path(p).is_file()]
+        if missing:
+            raise WeightsError(f"{detector}: checkpoint files not found: {', '.join(missing)}")
+        return ResolvedWeights(detector, name, paths, tuple(paths.values()))
+    if isinstance(explicit, str):
+        path = Path(explicit) if Path(explicit).is_absolute() else root / explicit
+        if not path.is_file():
+            raise WeightsError(f"{detector}: checkpoint file not found: {path}")
+        return ResolvedWeights(detector, name, str(path), (str(path),))
+    converted = root / f"{name}.safetensors"
+    if converted.is_file():
+        return ResolvedWeights(detector, name, str(converted), (str(converted),))
+    card = card_of(name)
+    found: dict[str, str] = {}
+    lacking = []
+    for spec in card.checkpoints:
+        path = _part_file(root, card, spec.part, spec.filename)
+        if path is None:
+            lacking.append(f"  {root / spec.filename}  ({spec.part}; from {spec.source}; licence: {spec.licence})")
+        else:
+            found[spec.part] = str(path)
+    if lacking:
+        raise WeightsError(f"{detector} ({name}) needs checkpoint files that are not in {root}:\n" + "\n".join(lacking)
+                           + f"\nor a converted {converted.name}. See weights/README.md; "
+                             "use --random-weights to run untrained detectors for plumbing checks.")
+    if len(found) == 1 and "model" in found:
+        return ResolvedWeights(detector, name, found["model"], (found["model"],))
+    return ResolvedWeights(detector, name, found, tuple(found.values()))
+
+
+def resolve_all(cfg: DetectorsConfig) -> dict[str, ResolvedWeights]:
+    """Resolve every enabled detector; one :class:`WeightsError` listing all problems."""
+    out, problems = {}, []
+    for detector in cfg.enabled:
+        try:
+            out[detector] = resolve(detector, cfg)
+        except WeightsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise WeightsError("\n".join(problems))
+    return out
+
+
+def describe(weights_dir: Path) -> list[str]:
+    """Human-readable lines: each detector's files, present or not, and where they come from."""
+    lines = []
+    for detector in DETECTOR_NAMES:
+        name = DEFAULT_MODELS[detector]
+        card = card_of(name)
+        converted = weights_dir / f"{name}.safetensors"
+        lines.append(f"{detector} ({name}){'  [converted: ' + str(converted) + ']' if converted.is_file() else ''}")
+        for spec in card.checkpoints:
+            path = _part_file(weights_dir, card, spec.part, spec.filename)
+            state = f"present: {path}" if path else "missing"
+            lines.append(f"  {spec.part:<12} {spec.filename:<24} {state}")
+            lines.append(f"  {'':<12} source: {spec.source}")
+            lines.append(f"  {'':<12} licence: {spec.licence}")
+    return lines
+
+
+def verify(weights_dir: Path, detectors: list[str]) -> list[tuple[str, bool]]:
+    """For each detector: resolve its files, hash them, and load them strictly on ``meta``."""
+    out = []
+    cfg = DetectorsConfig(weights_dir=weights_dir, enabled=detectors)  # type: ignore[arg-type]
+    for detector in detectors:
+        try:
+            found = resolve(detector, cfg)
+            models.create_model(found.model, checkpoint=found.checkpoint, device="meta")
+        except (WeightsError, models.CheckpointError) as exc:
+            out.append((f"{detector}: FAILED: {exc}", False))
+            continue
+        hashes = ", ".join(f"{Path(f).name} sha256 {models.sha256_file(f)}" for f in found.files)
+        out.append((f"{detector}: ok ({found.model}): {hashes}", True))
+    return out
+
+
+def import_checkpoint(file: Path, target: str, weights_dir: Path) -> tuple[Path, str]:
+    """Convert ``file`` (authors' layout or safetensors) for ``target`` — a detector
+    (``caddm``/``sta``/``styleflow``) or a registered model name such as
+    ``styleflow_stylegru`` — into ``<weights_dir>/<model>.safetensors``; returns it and its sha256."""
+    name = DEFAULT_MODELS.get(target, target)
+    if not models.is_model(name):
+        raise WeightsError(f"unknown detector or model {target!r}; known: {', '.join(models.list_models())}")
+    if not file.is_file():
+        raise WeightsError(f"{file}: no such file")
+    dst = weights_dir / f"{name}.safetensors"
+    try:
+        digest = models.convert_checkpoint(name, file, dst)
+    except models.CheckpointError as exc:
+        raise WeightsError(str(exc)) from exc
+    return dst, digest
