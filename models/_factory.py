@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from dataclasses import fields, replace
+from typing import Any, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -11,7 +12,20 @@ from torch import nn
 from ._loading import LoadReport, load_checkpoint
 from ._registry import model_entrypoint
 
+_Cfg = TypeVar("_Cfg")
+
 CheckpointArg = str | os.PathLike[str] | Mapping[str, Any] | None
+
+
+def apply_overrides(default: _Cfg, overrides: Mapping[str, Any], what: str) -> _Cfg:
+    """A family's frozen config dataclass with ``overrides`` applied (lists become tuples,
+    so YAML/JSON values work); an unknown field is a ``TypeError`` naming the known ones."""
+    known = {f.name for f in fields(default)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"{what}: unknown overrides {unknown}; known: {sorted(known)}")
+    return replace(default, **{k: tuple(v) if isinstance(v, list) else v  # type: ignore[type-var]
+                               for k, v in overrides.items()})
 
 
 def create_model(name: str, checkpoint: CheckpointArg = None, *, strict: bool = True,

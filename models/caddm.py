@@ -17,7 +17,6 @@ including its unused ImageNet classifier), ``adm.adm_extra_layers.*``,
 from __future__ import annotations
 
 import functools
-from dataclasses import fields, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._loading import only_tensors, strip_prefix
+from ._factory import apply_overrides
 from ._registry import register_model
 from .card import AlignTemplate, CheckpointSpec, ModelCard, Points5, normalize_crops
 from .layers.efficientnet import EfficientNet, EfficientNetConfig
@@ -270,12 +270,7 @@ CARD_R34 = _card("caddm_resnet34", "ResNet-34", "resnet34.pkl")
 
 
 def _create(default: BackboneConfig, card: ModelCard, overrides: Mapping[str, Any]) -> CADDM:
-    known = {f.name for f in fields(default)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"{card.name}: unknown overrides {unknown}; known: {sorted(known)}")
-    cfg = replace(default, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    return CADDM(cfg, card)
+    return CADDM(apply_overrides(default, overrides, card.name), card)
 
 
 @register_model

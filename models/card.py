@@ -22,7 +22,6 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 Points5 = tuple[tuple[float, float], tuple[float, float], tuple[float, float],
                 tuple[float, float], tuple[float, float]]

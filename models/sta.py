@@ -18,7 +18,7 @@ clip of a batch here gets its batch-1 result (see :mod:`models.layers.st_adapter
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._loading import only_tensors, strip_prefix
+from ._factory import apply_overrides
 from ._registry import register_model
 from .card import AlignTemplate, CheckpointSpec, ModelCard, Points5, normalize_crops
 from .layers.packed_mha import PackedMultiheadAttention
@@ -221,13 +222,6 @@ class StaConfig:
     spatial_kernels: tuple[int, ...] = (3, 5, 7)
     temporal_kernels: tuple[int, ...] = (3, 5, 7)
 
-    def with_overrides(self, **overrides: Any) -> "StaConfig":
-        known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown StA config fields {sorted(unknown)}; known: {sorted(known)}")
-        return replace(self, **overrides)
-
 
 # ------------------------------------------------------------------------------ card
 
@@ -297,4 +291,4 @@ STA_CARD = ModelCard(
 def sta_clip_vitl14(**overrides: Any) -> StA:
     """StA on CLIP ViT-L/14 (14 blocks), 8×224² clips; ``overrides`` replace
     :class:`StaConfig` fields (small configurations for tests)."""
-    return StA(StaConfig().with_overrides(**overrides), STA_CARD)
+    return StA(apply_overrides(StaConfig(), overrides, "sta_clip_vitl14"), STA_CARD)

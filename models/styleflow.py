@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -57,6 +57,7 @@ from torch import nn
 
 from ._loading import (CheckpointError, LoadReport, compare_state, load_state, only_tensors, read_checkpoint,
                        strip_prefix)
+from ._factory import apply_overrides
 from ._registry import register_model
 from .card import AlignTemplate, CheckpointSpec, ModelCard, Points5, normalize_crops, resize_like_pil_bicubic
 from .layers.psp_encoder import PSP_MEAN, PSP_STD, PSPEncoder, PSPEncoderConfig, psp_checkpoint_filter_fn
@@ -416,14 +417,6 @@ CONTENT_CARD = _card(
 # --------------------------------------------------------------------------- entry points
 
 
-def _with(default: Any, overrides: Mapping[str, Any], what: str) -> Any:
-    known = {f.name for f in fields(default)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"{what}: unknown overrides {unknown}; known: {sorted(known)}")
-    return replace(default, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-
-
 def _attach(model: nn.Module, card: ModelCard) -> nn.Module:
     setattr(model, "card", card)  # the part classes live in models.layers; their cards live here
     return model
@@ -432,20 +425,20 @@ def _attach(model: nn.Module, card: ModelCard) -> nn.Module:
 @register_model
 def styleflow_psp_encoder(**overrides: Any) -> nn.Module:
     """pSp GradualStyleEncoder (IR-SE-50), ≈267M parameters. Overrides: ``PSPEncoderConfig`` fields."""
-    return _attach(PSPEncoder(_with(PSPEncoderConfig(), overrides, "styleflow_psp_encoder")), PSP_CARD)
+    return _attach(PSPEncoder(apply_overrides(PSPEncoderConfig(), overrides, "styleflow_psp_encoder")), PSP_CARD)
 
 
 @register_model
 def styleflow_stylegru(**overrides: Any) -> nn.Module:
     """StyleGRU with its stage-1 head, ≈764M parameters. Overrides: ``StyleGRUConfig`` fields."""
-    return _attach(StyleGRU(_with(StyleGRUConfig(), overrides, "styleflow_stylegru")), STYLEGRU_CARD)
+    return _attach(StyleGRU(apply_overrides(StyleGRUConfig(), overrides, "styleflow_stylegru")), STYLEGRU_CARD)
 
 
 @register_model
 def styleflow_content(**overrides: Any) -> StyleFlowContent:
     """Stage-2 content branch + SAM + temporal transformer, ≈19M parameters.
     Overrides: :class:`StyleFlowContentConfig` fields."""
-    return StyleFlowContent(_with(StyleFlowContentConfig(), overrides, "styleflow_content"), CONTENT_CARD)
+    return StyleFlowContent(apply_overrides(StyleFlowContentConfig(), overrides, "styleflow_content"), CONTENT_CARD)
 
 
 @register_model
@@ -457,7 +450,7 @@ def styleflow(psp: Mapping[str, Any] | PSPEncoderConfig | None = None,
     def part(value: Any, default: Any, what: str) -> Any:
         if value is None or isinstance(value, type(default)):
             return value if value is not None else default
-        return _with(default, value, what)
+        return apply_overrides(default, value, what)
 
     cfg = StyleFlowConfig(psp=part(psp, PSPEncoderConfig(), "psp"),
                           stylegru=part(stylegru, StyleGRUConfig(), "stylegru"),

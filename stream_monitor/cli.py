@@ -110,7 +110,7 @@ async def _run_monitor(cfg: Config, duration: Optional[float], until_streams_end
         raise
     if monitor.api_port is not None:
         log.info("API listening on http://%s:%d", cfg.api.host, monitor.api_port)
-    waiters = [asyncio.ensure_future(stop.wait())]
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if until_streams_end:
         waiters.append(asyncio.ensure_future(monitor.wait_streams()))
     await asyncio.wait(waiters, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
@@ -276,7 +276,7 @@ def weights_verify(weights_dir: Path = typer.Option(Path("weights")),
     """Read every present checkpoint safely and check it loads strictly; print sha256."""
     from .weights import verify
 
-    names = [d.strip() for d in detectors.split(",")] if detectors else list(DETECTOR_NAMES)
+    names: list[str] = [d.strip() for d in detectors.split(",")] if detectors else list(DETECTOR_NAMES)
     ok = True
     for line, good in verify(weights_dir, names):
         ok &= good

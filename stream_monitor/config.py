@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DETECTOR_NAMES = ("caddm", "sta", "styleflow")
+DetectorName = Literal["caddm", "sta", "styleflow"]
+DETECTOR_NAMES: tuple[DetectorName, ...] = ("caddm", "sta", "styleflow")
 DEFAULT_MODELS = {"caddm": "caddm_efficientnet_b4", "sta": "sta_clip_vitl14", "styleflow": "styleflow"}
 
 
@@ -95,7 +96,7 @@ class DetectorConfig(_Section):
 
 
 class DetectorsConfig(_Section):
-    enabled: list[Literal["caddm", "sta", "styleflow"]] = Field(default_factory=lambda: list(DETECTOR_NAMES))
+    enabled: list[DetectorName] = Field(default_factory=lambda: list(DETECTOR_NAMES))
     weights_dir: Path = Path("weights")
     random_weights: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -105,7 +106,7 @@ class DetectorsConfig(_Section):
 
     @field_validator("enabled")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
+    def _unique(cls, v: list[DetectorName]) -> list[DetectorName]:
         if not v:
             raise ValueError("enable at least one detector")
         if len(set(v)) != len(v):

@@ -41,7 +41,9 @@ def model_name(detector: str, cfg: DetectorsConfig) -> str:
 
 def card_of(name: str) -> ModelCard:
     """The model card of a registered model, without allocating its weights."""
-    return models.create_model(name, device="meta").card  # type: ignore[no-any-return]
+    card = models.create_model(name, device="meta").card
+    assert isinstance(card, ModelCard)
+    return card
 
 
 def _authors_file(weights_dir: Path, filename: str) -> Path | None:
@@ -83,13 +85,13 @@ def resolve(detector: str, cfg: DetectorsConfig) -> ResolvedWeights:
         return ResolvedWeights(detector, name, str(converted), (str(converted),))
     card = card_of(name)
     found: dict[str, str] = {}
-    lacking = []
+    lacking: list[str] = []
     for spec in card.checkpoints:
-        path = _part_file(root, card, spec.part, spec.filename)
-        if path is None:
+        part = _part_file(root, card, spec.part, spec.filename)
+        if part is None:
             lacking.append(f"  {root / spec.filename}  ({spec.part}; from {spec.source}; licence: {spec.licence})")
         else:
-            found[spec.part] = str(path)
+            found[spec.part] = str(part)
     if lacking:
         raise WeightsError(f"{detector} ({name}) needs checkpoint files that are not in {root}:\n" + "\n".join(lacking)
                            + f"\nor a converted {converted.name}. See weights/README.md; "
@@ -101,7 +103,8 @@ def resolve(detector: str, cfg: DetectorsConfig) -> ResolvedWeights:
 
 def resolve_all(cfg: DetectorsConfig) -> dict[str, ResolvedWeights]:
     """Resolve every enabled detector; one :class:`WeightsError` listing all problems."""
-    out, problems = {}, []
+    out: dict[str, ResolvedWeights] = {}
+    problems: list[str] = []
     for detector in cfg.enabled:
         try:
             out[detector] = resolve(detector, cfg)

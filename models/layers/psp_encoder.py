@@ -278,6 +278,7 @@ class PSPEncoder(nn.Module):
         self.latlayer1 = nn.Conv2d(w[2], w[3], kernel_size=1)
         self.latlayer2 = nn.Conv2d(w[1], w[3], kernel_size=1)
         # pSp keeps latent_avg beside its state dict; as a buffer it travels with ours.
+        self.latent_avg: torch.Tensor
         self.register_buffer("latent_avg", torch.zeros(cfg.n_styles, cfg.style_dim))
         self._coarse_end, self._middle_end = coarse_end, middle_end
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 
@@ -15,8 +15,8 @@ async def tail(url: str, prefix: str, stream_id: str | None, history: int, count
     client = aioredis.Redis.from_url(url)
     try:
         if history > 0:
-            entries = await client.xrevrange(f"{prefix}:alerts", count=history * (1 if stream_id is None else 10))
-            lines = [fields[b"alert"].decode() for _, fields in reversed(entries)]
+            entries: Any = await client.xrevrange(f"{prefix}:alerts", count=history * (1 if stream_id is None else 10))
+            lines = [fields[b"alert"].decode() for _, fields in reversed(entries or [])]
             if stream_id is not None:
                 lines = [ln for ln in lines if json.loads(ln).get("stream_id") == stream_id][-history:]
             for line in lines:

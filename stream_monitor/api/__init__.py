@@ -8,7 +8,7 @@ set, every route except ``/healthcheck`` and ``/metrics`` needs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,7 +25,8 @@ MONITOR = web.AppKey("monitor", object)
 
 def build_api(monitor: "Monitor") -> web.Application:
     cfg = monitor.cfg.api
-    app = web.Application(middlewares=[json_errors, auth_middleware(cfg.token)], client_max_size=cfg.max_body_bytes)
+    middlewares: list[Any] = [json_errors, auth_middleware(cfg.token)]
+    app = web.Application(middlewares=middlewares, client_max_size=cfg.max_body_bytes)
     app[MONITOR] = monitor
     add_health_routes(app)
     add_stream_routes(app)

@@ -85,6 +85,7 @@ class Aligner:
         if not t.per_clip:
             return np.stack([item.patch for item in items])
         m = self.clip_transform(items) if transform is None else transform
+        assert m is not None
         out = {}
         for item in {id(item): item for item in items}.values():
             # The clip transform maps frame pixels; the region starts at its origin.

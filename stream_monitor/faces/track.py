@@ -86,14 +86,14 @@ class FaceTracker:
             assignment[fi] = tid
         out: list[TrackedFace] = []
         for fi, face in enumerate(faces):
-            tid = assignment.get(fi)
-            if tid is None:
-                tid = self._next_id
+            known = assignment.get(fi)
+            if known is None:
+                known = self._next_id
                 self._next_id += 1
-                self._tracks[tid] = _Track(tid, face.box)
+                self._tracks[known] = _Track(known, face.box)
             else:
-                self._tracks[tid].update(face.box)
-            out.append(TrackedFace(tid, face))
+                self._tracks[known].update(face.box)
+            out.append(TrackedFace(known, face))
         seen = {t.track_id for t in out}
         ended = []
         for tid, track in list(self._tracks.items()):

@@ -88,10 +88,10 @@ class Engine:
                                         **det_cfg.overrides)
             model = model.to(self.device).eval()
             card = model.card
+            assert isinstance(card, models.ModelCard)
             spec = window_spec(detector, card, det_cfg.sample_fps, det_cfg.window_len, det_cfg.window_stride)
-            runner_cls = RUNNERS[detector]
-            self.runners[detector] = runner_cls(detector, model, card, model_fingerprint(name, weights.files if weights
-                                                                                         else ()), spec, self.device)
+            fingerprint = model_fingerprint(name, weights.files if weights else ())
+            self.runners[detector] = RUNNERS[detector](detector, model, card, fingerprint, spec, self.device)
             log.info("detector %s: %s on %s, window %d/%d at %s fps", detector, self.runners[detector].model_id,
                      self.device, spec.window_len, spec.stride, spec.sample_fps or "every")
         self.face_detector = create_detector(self.cfg.faces, self.device)
@@ -105,12 +105,17 @@ class Engine:
                               on_batch=lambda n, s: self._observe("faces", n, s),
                               on_shed=lambda f: m.frames_dropped.labels(f.stream_id, "faces").inc())
         for detector, runner in self.runners.items():
-            dc = self.cfg.detectors.detector(detector)
-            self._lanes[detector] = Batcher(
-                detector, self.worker, runner.run, max_batch=dc.batch_size, max_wait_s=dc.max_wait_ms / 1000,
-                max_pending=max(32, 8 * dc.batch_size), max_inflight=1,
-                on_batch=lambda n, s, d=detector: self._observe(d, n, s),
-                on_shed=lambda c, d=detector: m.frames_dropped.labels(c.stream_id, f"window_{d}").inc())
+            self._lanes[detector] = self._lane(detector, runner)
+
+    def _lane(self, detector: str, runner: DetectorRunner) -> Batcher[Clip, float]:
+        dc = self.cfg.detectors.detector(detector)
+
+        def shed(clip: Clip) -> None:
+            self.metrics.frames_dropped.labels(clip.stream_id, f"window_{detector}").inc()
+
+        return Batcher(detector, self.worker, runner.run, max_batch=dc.batch_size, max_wait_s=dc.max_wait_ms / 1000,
+                       max_pending=max(32, 8 * dc.batch_size), max_inflight=1,
+                       on_batch=lambda n, s: self._observe(detector, n, s), on_shed=shed)
 
     async def stop(self) -> None:
         for lane in [self._faces, *self._lanes.values()]:

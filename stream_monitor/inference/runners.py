@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from models import sha256_file
 from models.card import ModelCard
@@ -49,7 +48,7 @@ class DetectorRunner(Protocol):
 @dataclass
 class _Base:
     name: str
-    model: nn.Module
+    model: Any  # an nn.Module from models.create_model; StyleFlow's has encode_frames etc.
     card: ModelCard
     model_id: str
     spec: WindowSpec
@@ -58,6 +57,10 @@ class _Base:
     def __post_init__(self) -> None:
         self.aligner = Aligner(self.card.template)
         self.frames_computed = 0  # per-frame work actually done (cache misses), for tests/benchmarks
+
+    def run(self, clips: Sequence[Clip]) -> list[float]:
+        """One fake probability per clip (worker thread)."""
+        raise NotImplementedError
 
     def _to_device(self, crops: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(crops))

@@ -100,8 +100,6 @@ def test_streams_share_batches() -> None:
     engine = _engine(detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 2,
                                                                 "window_stride": 2, "batch_size": 8,
                                                                 "max_wait_ms": 200}})
-    sizes: list[int] = []
-
     async def main() -> None:
         await engine.start()
         for s in ("a", "b", "c"):

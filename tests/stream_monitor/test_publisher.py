@@ -7,7 +7,6 @@ import io
 import json
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from stream_monitor.alerts.policy import AlertEvent

@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
 
 from models.layers.psp_encoder import PSPEncoder, PSPEncoderConfig  # noqa: E402
 from models.layers.stylegru import StyleGRU, StyleGRUConfig, style_flow  # noqa: E402
-from tests.models.seeded import fill_seeded, seeded_tensor  # noqa: E402
+from tests.models.seeded import fill_seeded  # noqa: E402
 
 SEED = 0
 PSP_SMALL: dict[str, Any] = {"widths": (16, 32, 48, 64), "n_styles": 9, "style_dim": 32, "input_size": 64}
