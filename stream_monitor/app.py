@@ -24,6 +24,7 @@ from .config import Config
 from .errors import StreamMonitorError
 from .inference.engine import Engine
 from .ingest.supervisor import StreamSupervisor
+from .ingest.urls import redact
 from .metrics import Metrics
 from .pipeline import StreamPipeline
 from .retry import Backoff
@@ -141,7 +142,7 @@ class Monitor:
         task = asyncio.create_task(self._run_stream(supervisor, pipeline), name=f"stream-{stream_id}")
         handle = StreamHandle(stream_id, url, supervisor, pipeline, task)
         self.streams[stream_id] = handle
-        log.info("stream %s: %s", stream_id, _redact(url))
+        log.info("stream %s: %s", stream_id, redact(url))
         return handle
 
     async def _run_stream(self, supervisor: StreamSupervisor, pipeline: StreamPipeline) -> None:
@@ -183,9 +184,3 @@ class Monitor:
         await self.engine.stop()
         await self.sink.close(timeout=grace)
 
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
