@@ -96,6 +96,7 @@ class Monitor:
         self._runners: list[web.AppRunner] = []
         self.api_port: int | None = None
         self.metrics_port: int | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.engine.load)
@@ -151,13 +152,21 @@ class Monitor:
         finally:
             await pipeline.close()
 
-    async def remove_stream(self, stream_id: str) -> None:
+    async def remove_stream(self, stream_id: str, wait_s: float = 5.0) -> None:
+        """Stop a stream. Its open windows are scored and its incidents ended; if that takes
+        longer than ``wait_s`` it finishes in the background (``stop()`` waits for it)."""
         handle = self.streams.pop(stream_id, None)
         if handle is None:
             raise UnknownStream(f"no stream {stream_id!r}")
         await handle.supervisor.stop()
-        await handle.task
-        self.metrics.forget_stream(stream_id)
+        self._closing.add(handle.task)
+
+        def closed(task: asyncio.Task[None]) -> None:
+            self._closing.discard(task)
+            self.metrics.forget_stream(stream_id)
+
+        handle.task.add_done_callback(closed)
+        await asyncio.wait({handle.task}, timeout=wait_s)
 
     async def wait_streams(self, timeout: float | None = None) -> None:
         """Until every stream has ended (finite sources) or ``timeout`` seconds pass."""
@@ -178,6 +187,8 @@ class Monitor:
                 await asyncio.wait_for(handle.task, grace)
             except asyncio.TimeoutError:
                 log.error("stream %s did not finish within %.0fs", stream_id, grace)
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=grace)
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -11,6 +11,7 @@ is ``FAKE`` when it reaches the alert threshold.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import uuid
 from collections import defaultdict
@@ -27,7 +28,11 @@ _END = object()
 
 
 async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[Any]") -> None:
-    """Decode in a thread; ``queue.put`` from the thread gives backpressure."""
+    """Decode in a thread into ``queue`` (bounded: backpressure), then put ``_END``.
+
+    If the consumer goes away (this task is cancelled), the thread notices ``stop`` within
+    half a second even while it waits for room in the queue, and closes the source.
+    """
     loop = asyncio.get_running_loop()
     ingest = cfg.ingest.model_copy(update={"realtime": False})
     stop = threading.Event()
@@ -36,22 +41,29 @@ async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[A
         source = open_source(stream_id, url, ingest)
         try:
             for frame in source.frames():
+                put = asyncio.run_coroutine_threadsafe(queue.put(frame), loop)
+                while True:
+                    try:
+                        put.result(timeout=0.5)
+                        break
+                    except concurrent.futures.TimeoutError:
+                        if stop.is_set():
+                            put.cancel()
+                            return
                 if stop.is_set():
                     return
-                asyncio.run_coroutine_threadsafe(queue.put(frame), loop).result()
         finally:
             source.close()
 
     try:
         await asyncio.to_thread(decode)
-    finally:
+    except asyncio.CancelledError:
         stop.set()
-        while True:  # make room for the end marker even if the consumer gave up
-            try:
-                queue.put_nowait(_END)
-                break
-            except asyncio.QueueFull:
-                queue.get_nowait()
+        raise
+    except BaseException:
+        await queue.put(_END)  # the consumer is still reading; it re-raises via the task
+        raise
+    await queue.put(_END)
 
 
 async def predict_video(engine: Engine, cfg: Config, url: str) -> dict[str, Any]:
@@ -71,10 +83,7 @@ async def predict_video(engine: Engine, cfg: Config, url: str) -> dict[str, Any]
             scored += [(clip, engine.score(clip)) for clip in analysis.clips]
         await reader  # re-raises a decode error
     finally:
-        if not reader.done():
-            reader.cancel()
-            while not queue.empty():  # unblock the decode thread so it sees the stop flag
-                queue.get_nowait()
+        reader.cancel()
         final = await engine.close_stream(stream_id)
     scored += [(clip, engine.score(clip)) for clip in final.clips]
     per_detector: dict[str, list[float]] = defaultdict(list)

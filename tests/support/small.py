@@ -20,12 +20,15 @@ SMALL_DETECTORS: dict[str, dict[str, Any]] = {
 }
 
 
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def small_config(**sections: Any) -> dict[str, Any]:
-    """Config overrides: random-weight small detectors on the CPU plus ``sections``."""
+    """Config overrides: random-weight small detectors on the CPU, deep-merged with ``sections``
+    (so ``detectors={"sta": {"sample_fps": 4.0}}`` keeps StA's small model)."""
     base: dict[str, Any] = {"detectors": {"random_weights": True, "device": "cpu", **SMALL_DETECTORS}}
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return base
+    return _merge(base, sections)
