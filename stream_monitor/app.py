@@ -183,10 +183,11 @@ class Monitor:
         for stream_id in list(self.streams):
             handle = self.streams.pop(stream_id)
             await handle.supervisor.stop()
-            try:
-                await asyncio.wait_for(handle.task, grace)
-            except asyncio.TimeoutError:
-                log.error("stream %s did not finish within %.0fs", stream_id, grace)
+            done, _ = await asyncio.wait({handle.task}, timeout=grace)
+            if not done:
+                log.error("stream %s did not finish within %.0fs (the worker is busy)", stream_id, grace)
+            elif not handle.task.cancelled() and handle.task.exception() is not None:
+                log.error("stream %s ended with %r", stream_id, handle.task.exception())
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=grace)
         for runner in self._runners:
