@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -168,6 +170,19 @@ def _merge_streams(cfg: Config, streams: list[dict[str, str]]) -> dict[str, Any]
 
 
 def _main(cfg: Config, duration: Optional[float], until_streams_end: bool) -> int:
+    code = _serve_until_done(cfg, duration, until_streams_end)
+    busy = [t.name for t in threading.enumerate() if t.name.startswith("inference") and t.is_alive()]
+    if busy:
+        # A worker is still inside a long torch call (a full-size window on a CPU). Everything
+        # is delivered and closed; exit now rather than let the interpreter tear down under it.
+        log.warning("exiting while %s finish(es) a batch", ", ".join(busy))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _serve_until_done(cfg: Config, duration: Optional[float], until_streams_end: bool) -> int:
     try:
         return asyncio.run(_run_monitor(cfg, duration, until_streams_end))
     except WeightsError as exc:

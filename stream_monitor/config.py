@@ -100,6 +100,7 @@ class DetectorsConfig(_Section):
     weights_dir: Path = Path("weights")
     random_weights: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    worker_threads: Literal["auto", "shared", "per_detector"] = "auto"
     caddm: DetectorConfig = DetectorConfig()
     sta: DetectorConfig = DetectorConfig()
     styleflow: DetectorConfig = DetectorConfig()

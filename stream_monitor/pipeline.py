@@ -5,7 +5,9 @@
 buffer drops the oldest frames of a live source meanwhile). Analyses are handled strictly
 in frame order by a done-callback chain, so tracks, windows and alert events keep the
 stream's order. A track's end event waits until every window of that track submitted
-before it has been scored, so the final windows can still update the incident.
+before it has been scored (at most ``end_wait_s``), so the final windows can still update
+the incident; scores that arrive after a track's end are ignored, so an ended incident is
+never reopened by a straggler.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ class StreamStats:
 
 class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
-                 max_inflight: int = 4) -> None:
+                 max_inflight: int = 4, end_wait_s: float = 5.0) -> None:
         self.stream_id = stream_id
         self.engine = engine
         self.policy = policy
         self.sink = sink
         self.metrics = metrics
         self.max_inflight = max_inflight
+        self.end_wait_s = end_wait_s
+        self._ended: set[int] = set()
         self.stats = StreamStats()
         self._inflight: deque[asyncio.Future[FrameAnalysis]] = deque()
         self._track_scores: dict[int, set[asyncio.Future[Any]]] = {}
@@ -118,7 +122,7 @@ class StreamPipeline:
 
     def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
         self._track_scores.get(clip.track_id, set()).discard(fut)
-        if fut.cancelled() or isinstance(fut.exception(), Shed):
+        if fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
             return
         if fut.exception() is not None:
             log.error("%s: %s window failed: %r", self.stream_id, clip.detector, fut.exception())
@@ -134,7 +138,8 @@ class StreamPipeline:
 
     async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
         if pending:
-            await asyncio.wait(pending)
+            await asyncio.wait(pending, timeout=self.end_wait_s)
+        self._ended.add(track_id)
         self._emit(self.policy.on_track_end(self.stream_id, track_id))
 
     def _emit(self, events: list[Any]) -> None:

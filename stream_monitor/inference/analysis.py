@@ -42,7 +42,7 @@ class StreamAnalysis:
         self.bank = WindowBank(stream_id, [r.spec for r in runners.values()])
 
     def process(self, frame: Frame, faces: list[FaceObs]) -> FrameAnalysis:
-        tracked, ended = self.tracker.update(faces)
+        tracked, ended = self.tracker.update(faces, frame.pts)
         clips: list[Clip] = []
         for face in tracked:
             for detector in self.bank.sample(face.track_id, frame.pts):

@@ -6,6 +6,14 @@ right after it, the stream's tracking/windowing (:class:`StreamAnalysis`);
 ``score(clip)`` → the clip's detector lane. Both return asyncio futures that fail with
 :class:`~stream_monitor.inference.batcher.Shed` when the lane sheds them under load
 (counted in ``stream_monitor_frames_dropped_total{stage}``).
+
+Worker threads (``detectors.worker_threads``): on a GPU every lane shares one thread (one
+CUDA stream, batches never compete). On a CPU each lane gets its own thread: a full-size
+StA window takes tens of seconds and a StyleFlow window about a minute on two cores, and
+sharing one thread would stall face detection and CADDM behind them; with a thread per
+lane the cheap lanes keep flowing while the heavy ones compute (and shed what they cannot
+keep up with). The clip detectors' threads also run at a lower CPU priority (nice 10), so
+face detection and per-frame scoring get the cores first. ``auto`` picks by device.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 # Final windows need at least half a clip of real frames (StyleFlow's authors skip tracks
 # shorter than 16 of 32 frames); per-frame models score whatever is left.
 _MIN_FINAL_FRACTION = 0.5
+# CPU priority of the clip detectors' threads when each lane has its own (see the docstring).
+_HEAVY_NICE = 10
 
 
 def window_spec(detector: str, card: models.ModelCard, sample_fps: float | str | None, window_len: int | None,
@@ -57,7 +67,10 @@ class Engine:
         self.cfg = cfg
         self.metrics = metrics
         self.device = resolve_device(cfg.detectors.device)
-        self.worker = InferenceWorker()
+        threads = cfg.detectors.worker_threads
+        self.shared_worker = threads == "shared" or (threads == "auto" and self.device.type == "cuda")
+        self.worker = InferenceWorker("inference")  # face detection, tracking, windows (and all lanes if shared)
+        self._workers: dict[str, InferenceWorker] = {}
         self.runners: dict[str, DetectorRunner] = {}
         self.face_detector: FaceDetector | None = None
         self._streams: dict[str, StreamAnalysis] = {}
@@ -96,6 +109,15 @@ class Engine:
                      self.device, spec.window_len, spec.stride, spec.sample_fps or "every")
         self.face_detector = create_detector(self.cfg.faces, self.device)
 
+    def _worker_for(self, lane: str) -> InferenceWorker:
+        if self.shared_worker:
+            return self.worker
+        if lane not in self._workers:
+            per_frame = self.runners[lane].card.clip_len == 1
+            self._workers[lane] = InferenceWorker(f"inference-{lane}", nice=0 if per_frame else _HEAVY_NICE)
+            self._workers[lane].start()
+        return self._workers[lane]
+
     async def start(self) -> None:
         self.worker.start()
         m = self.metrics
@@ -113,7 +135,7 @@ class Engine:
         def shed(clip: Clip) -> None:
             self.metrics.frames_dropped.labels(clip.stream_id, f"window_{detector}").inc()
 
-        return Batcher(detector, self.worker, runner.run, max_batch=dc.batch_size, max_wait_s=dc.max_wait_ms / 1000,
+        return Batcher(detector, self._worker_for(detector), runner.run, max_batch=dc.batch_size, max_wait_s=dc.max_wait_ms / 1000,
                        max_pending=max(32, 8 * dc.batch_size), max_inflight=1,
                        on_batch=lambda n, s: self._observe(detector, n, s), on_shed=shed)
 
@@ -121,7 +143,8 @@ class Engine:
         for lane in [self._faces, *self._lanes.values()]:
             if lane is not None:
                 lane.fail_pending("engine stopping")
-        await asyncio.to_thread(self.worker.stop)
+        for worker in [self.worker, *self._workers.values()]:
+            await asyncio.to_thread(worker.stop)
 
     def _observe(self, lane: str, n: int, seconds: float) -> None:
         self.metrics.inference_batch_size.labels(lane).observe(n)

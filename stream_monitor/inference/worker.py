@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import queue
 import threading
 import time
@@ -37,9 +38,10 @@ def resolve_device(choice: str) -> torch.device:
 class InferenceWorker:
     """A single daemon thread with a FIFO job queue."""
 
-    def __init__(self, name: str = "inference") -> None:
+    def __init__(self, name: str = "inference", nice: int = 0) -> None:
         self._jobs: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.nice = nice
         self._started = False
         self.busy_seconds = 0.0
 
@@ -65,6 +67,13 @@ class InferenceWorker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        if self.nice > 0 and hasattr(os, "setpriority"):
+            # Linux schedules threads individually, and the OpenMP threads torch starts from
+            # this thread later inherit its niceness: the whole lane yields the CPU to others.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError as exc:
+                log.debug("could not lower the priority of %s: %s", self._thread.name, exc)
         with torch.inference_mode():
             while True:
                 job = self._jobs.get()

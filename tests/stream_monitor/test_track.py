@@ -57,3 +57,34 @@ def test_close_ends_everything() -> None:
     tr = FaceTracker()
     faces, _ = tr.update([_face(0, 0), _face(300, 300)])
     assert tr.close() == sorted(f.track_id for f in faces) and tr.active == 0
+
+
+def test_sparse_frames_keep_a_fast_face_by_time_and_distance() -> None:
+    """Frames analysed 0.6 s apart (others dropped under load): no overlap between boxes."""
+    tr = FaceTracker(iou_threshold=0.3, max_missed=2)
+    ids = set()
+    for k, t in enumerate([0.0, 0.04, 0.64, 1.24, 1.28, 1.92]):
+        x = 160.0 * t  # 1.6 box widths per second
+        faces, ended = tr.update([_face(x, 0)], t)
+        assert not ended
+        ids.update(f.track_id for f in faces)
+    assert len(ids) == 1
+
+
+def test_distance_fallback_does_not_join_different_people() -> None:
+    tr = FaceTracker(max_missed=0)
+    (a,), _ = tr.update([_face(0, 0)], 0.0)
+    # A face far away, and a face of a very different size at the same place: both new people.
+    faces, ended = tr.update([_face(400, 300)], 0.5)
+    assert faces[0].track_id != a.track_id and ended == [a.track_id]
+    (big,), _ = tr.update([_face(400, 300, size=300)], 1.0)
+    assert big.track_id != faces[0].track_id
+
+
+def test_two_faces_do_not_swap_ids() -> None:
+    tr = FaceTracker()
+    first, _ = tr.update([_face(0, 0), _face(300, 0)], 0.0)
+    ids = {round(f.obs.box[0]): f.track_id for f in first}
+    for step in range(1, 6):
+        faces, _ = tr.update([_face(300 + 10 * step, 0), _face(10 * step, 0)], step / 10)
+        assert {round(f.obs.box[0]) - 10 * step: f.track_id for f in faces} == ids
