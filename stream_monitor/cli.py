@@ -207,12 +207,15 @@ def serve(
     threshold: Optional[float] = typer.Option(None),
     metrics_port: Optional[int] = typer.Option(None),
     api_port: Optional[int] = typer.Option(None, help="HTTP API port (default 8080)"),
+    predict_root: Optional[list[Path]] = typer.Option(None, help="a directory POST /predict may read (repeatable)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """The long-running service: HTTP API, metrics, streams from the config and added at run time."""
     _setup_logging(verbose)
     overrides = _overrides(detectors, weights_dir, random_weights, device, redis, alerts_jsonl, threshold,
                            metrics_port, api_port, None)
+    if predict_root:
+        overrides.setdefault("api", {})["predict_roots"] = [str(p) for p in predict_root]
     cfg = _config(config, overrides)
     if cfg.api.port is None:
         cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": 8080})})

@@ -109,6 +109,11 @@ class Engine:
                      self.device, spec.window_len, spec.stride, spec.sample_fps or "every")
         self.face_detector = create_detector(self.cfg.faces, self.device)
 
+    @property
+    def lane_workers(self) -> dict[str, InferenceWorker]:
+        """The detectors' own worker threads (empty when every lane shares ``worker``)."""
+        return dict(self._workers)
+
     def _worker_for(self, lane: str) -> InferenceWorker:
         if self.shared_worker:
             return self.worker

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,37 @@ def test_weights_commands(tmp_path: Path) -> None:
 def test_help(args: list[str]) -> None:
     proc = _cli(*args, timeout=60)
     assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_serve_with_streams_added_at_run_time(tmp_path: Path, face_video: Path) -> None:
+    cfg = _small_yaml(tmp_path, ["caddm"])
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STREAM_MONITOR_API_TOKEN": "tok"}
+    proc = subprocess.Popen([sys.executable, "-m", "stream_monitor", "serve", "--config", str(cfg),
+                             "--random-weights", "--api-port", str(port), "--predict-root", str(face_video.parent)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        req = urllib.request.Request(base + path, method=method, headers={"Authorization": "Bearer tok",
+                                                                          "Content-Type": "application/json"},
+                                     data=None if body is None else json.dumps(body).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        wait_until(lambda: urllib.request.urlopen(base + "/healthcheck", timeout=1).status == 200, 120, "serve")
+        assert call("GET", "/readyz") == (200, {"ready": True})
+        assert call("POST", "/streams", {"id": "synth", "url": "synthetic:?fps=10"})[0] == 201
+        wait_until(lambda: call("GET", "/streams/synth")[1]["frames_analysed"] > 3, 60, "frames analysed")
+        status, result = call("POST", "/predict", {"file_path": str(face_video)})
+        assert status == 200 and result["frames"] == 100
+        assert call("DELETE", "/streams/synth")[0] == 204
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]

@@ -127,3 +127,27 @@ def test_missing_weights_name_the_files(tmp_path: object) -> None:
     for needle in ("efficientnet-b4.pkl", "sta_best.pth", "psp_ffhq_encode.pt", "true_best_1118.pth",
                    "drive.google.com", "--random-weights"):
         assert needle in msg
+
+
+@pytest.mark.parametrize("threads", ["shared", "per_detector"])
+def test_worker_threads(threads: str) -> None:
+    engine = _engine(detectors={"enabled": ["caddm", "sta"], "worker_threads": threads,
+                                "caddm": {"sample_fps": "all", "window_len": 2, "window_stride": 2},
+                                "sta": {"sample_fps": "all"}})
+
+    async def main() -> None:
+        await engine.start()
+        await engine.open_stream("a")
+        analyses = await asyncio.gather(*(engine.analyse(f) for f in _frames("a", 8)))
+        clips = [c for a in analyses for c in a.clips]
+        assert {c.detector for c in clips} == {"caddm", "sta"}
+        await asyncio.gather(*(engine.score(c) for c in clips))
+        await engine.stop()
+
+    asyncio.run(main())
+    if threads == "shared":
+        assert engine.lane_workers == {}
+    else:
+        # Each detector ran on its own thread; the clip detector's at a lower CPU priority.
+        assert engine.lane_workers["caddm"].busy_seconds > 0 and engine.lane_workers["sta"].busy_seconds > 0
+        assert engine.lane_workers["caddm"].nice == 0 and engine.lane_workers["sta"].nice > 0
