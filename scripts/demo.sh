@@ -7,7 +7,7 @@
 # Until the detectors' weights are installed (weights/README.md), it runs them with random
 # weights and threshold 0 — a plumbing demo, and it says so: alerts then carry
 # "calibrated": false. On a machine without a GPU it runs CADDM only (deploy/demo-cpu.yaml):
-# a full-size StA window takes ~30 s and a StyleFlow window minutes on a 2-core CPU.
+# a full-size StA window takes ~9 s and a StyleFlow window ~40 s on a 2-core CPU (BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh

@@ -9,7 +9,7 @@ right after it, the stream's tracking/windowing (:class:`StreamAnalysis`);
 
 Worker threads (``detectors.worker_threads``): on a GPU every lane shares one thread (one
 CUDA stream, batches never compete). On a CPU each lane gets its own thread: a full-size
-StA window takes tens of seconds and a StyleFlow window about a minute on two cores, and
+StA window takes ~9 s and a StyleFlow window ~40 s on two cores (BENCHMARKS.md), and
 sharing one thread would stall face detection and CADDM behind them; with a thread per
 lane the cheap lanes keep flowing while the heavy ones compute (and shed what they cannot
 keep up with). The clip detectors' threads also run at a lower CPU priority (nice 10), so

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from stream_monitor.ingest import StreamSupervisor, open_source
 from stream_monitor.metrics import Metrics
 from stream_monitor.types import Frame
 from tests.support.rtsp import RtspServer
+from tests.support.polling import sample, until
 
 BACKGROUND = np.array([92, 112, 140])  # the synthetic face video's background, RGB
 RETRY = BackoffConfig(initial_s=0.2, max_s=1.0, multiplier=2.0, jitter=0.1)
@@ -33,19 +34,6 @@ def frozen(server: RtspServer) -> Iterator[None]:
         yield
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
-
-
-def _sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
@@ -108,27 +96,27 @@ def test_supervisor_reconnects_after_a_server_restart_while_another_stream_runs(
 
     async def main() -> None:
         tasks = [asyncio.create_task(sup.run()), asyncio.create_task(side.run())]
-        await _until(lambda: len(cam) >= 20, 15, "first RTSP frames")
-        assert sup.state == "up" and _sample(metrics, "stream_monitor_stream_up", stream="cam") == 1
+        await until(lambda: len(cam) >= 20, 15, "first RTSP frames")
+        assert sup.state == "up" and sample(metrics, "stream_monitor_stream_up", stream="cam") == 1
         before = len(cam)
         side_before = len(other)
         await asyncio.to_thread(rtsp_server.restart, 1.0)
-        await _until(lambda: sup.status()["reconnects"] >= 1, 10, "a reconnect attempt")
-        await _until(lambda: sup.state == "up" and len(sessions) == 2, 20, "the stream to come back")
-        await _until(lambda: len(cam) >= before + 20, 10, "frames after the restart")
+        await until(lambda: sup.status()["reconnects"] >= 1, 10, "a reconnect attempt")
+        await until(lambda: sup.state == "up" and len(sessions) == 2, 20, "the stream to come back")
+        await until(lambda: len(cam) >= before + 20, 10, "frames after the restart")
         status = sup.status()
         side_status = side.status()
         await asyncio.gather(sup.stop(), side.stop())
         await asyncio.gather(*tasks)
         assert status["reconnects"] >= 1 and status["sessions"] == 2
-        assert _sample(metrics, "stream_monitor_stream_reconnects_total", stream="cam") == status["reconnects"]
+        assert sample(metrics, "stream_monitor_stream_reconnects_total", stream="cam") == status["reconnects"]
         assert sessions == [1, 2]
         seqs = [f.seq for f in cam]
         assert all(b > a for a, b in zip(seqs, seqs[1:]))  # monotonic across the two connections
         # The other stream never noticed: it kept delivering at its rate the whole time.
         assert side_status["state"] == "up" and side_status["reconnects"] == 0
         assert len(other) - side_before >= 25
-        assert _sample(metrics, "stream_monitor_frames_received_total", stream="cam") >= len(cam)
+        assert sample(metrics, "stream_monitor_frames_received_total", stream="cam") >= len(cam)
 
     asyncio.run(asyncio.wait_for(main(), 50))
 
@@ -146,19 +134,19 @@ def test_stall_watchdog_reconnects_when_a_server_goes_silent(rtsp_server: RtspSe
 
     async def main() -> None:
         task = asyncio.create_task(sup.run())
-        await _until(lambda: len(frames) >= 10, 15, "first frames")
+        await until(lambda: len(frames) >= 10, 15, "first frames")
         with frozen(rtsp_server):
             silent_at = time.monotonic()
-            await _until(lambda: sup.state == "reconnecting", 5, "the watchdog")
+            await until(lambda: sup.state == "reconnecting", 5, "the watchdog")
             assert 0.9 <= time.monotonic() - silent_at <= 4.0
             assert "stalled" in (sup.status()["last_error"] or "")
-            assert _sample(metrics, "stream_monitor_stream_up", stream="cam") == 0
+            assert sample(metrics, "stream_monitor_stream_up", stream="cam") == 0
             await asyncio.sleep(1.0)  # reconnect attempts meet a frozen server too
         count = len(frames)
-        await _until(lambda: sup.state == "up" and len(frames) >= count + 10, 20, "frames after the thaw")
+        await until(lambda: sup.state == "up" and len(frames) >= count + 10, 20, "frames after the thaw")
         # The abandoned decode thread got its next packet after the thaw, saw it was told to
         # stop, and exited; only the current connection's thread is left.
-        await _until(lambda: sum(t.name.startswith("decode-cam-") for t in threading.enumerate()) == 1, 10,
+        await until(lambda: sum(t.name.startswith("decode-cam-") for t in threading.enumerate()) == 1, 10,
                      "the abandoned decode thread to exit")
         assert sup.status()["reconnects"] >= 1
         await sup.stop()

@@ -13,6 +13,7 @@ from stream_monitor.alerts.policy import AlertEvent
 from stream_monitor.alerts.publisher import FanOut, JsonLinesSink, RedisPublisher
 from stream_monitor.metrics import Metrics
 from stream_monitor.retry import Backoff
+from tests.support.polling import sample
 from tests.support.servers import RedisServer
 
 
@@ -27,11 +28,6 @@ async def _stream_entries(url: str, key: str = "deepfake:alerts") -> list[dict[s
     finally:
         await client.aclose()
     return [json.loads(fields[b"alert"]) for _, fields in entries]
-
-
-def _sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
 
 
 def test_stream_and_pubsub(redis_server: RedisServer) -> None:
@@ -59,9 +55,9 @@ def test_stream_and_pubsub(redis_server: RedisServer) -> None:
         assert [c for c, _ in got] == [b"deepfake:alerts:cam1"] * 3
         assert [p["seq"] for _, p in got] == [0, 1, 2]
         assert [p["seq"] for p in await _stream_entries(redis_server.url)] == [0, 1, 2]
-        assert _sample(metrics, "stream_monitor_alerts_total", {"stream": "cam1", "event": "update"}) == 2
-        assert _sample(metrics, "stream_monitor_alert_latency_seconds_count") == 3
-        assert _sample(metrics, "stream_monitor_alerts_pending") == 0
+        assert sample(metrics, "stream_monitor_alerts_total", stream="cam1", event="update") == 2
+        assert sample(metrics, "stream_monitor_alert_latency_seconds_count") == 3
+        assert sample(metrics, "stream_monitor_alerts_pending") == 0
 
     asyncio.run(main())
 
@@ -80,8 +76,8 @@ def test_outage_delays_but_loses_nothing(redis_server: RedisServer) -> None:
             await asyncio.sleep(0.02)
         await asyncio.sleep(1.0)
         assert pub.pending > 0 and pub.problems()
-        assert _sample(metrics, "stream_monitor_alerts_pending") > 0
-        assert _sample(metrics, "stream_monitor_alert_publish_failures_total") >= 1
+        assert sample(metrics, "stream_monitor_alerts_pending") > 0
+        assert sample(metrics, "stream_monitor_alert_publish_failures_total") >= 1
         redis_server.start()  # same port, empty database (no persistence)
         for _ in range(100):
             if pub.pending == 0:
@@ -105,7 +101,7 @@ def test_outbox_bound_drops_oldest_and_counts(tmp_path: Any) -> None:
             pub.publish(_event(i))
         assert pub.pending == 5 and pub.dropped == 3
         assert [e.payload["seq"] for e in pub.queued()] == [3, 4, 5, 6, 7]
-        assert _sample(metrics, "stream_monitor_alerts_dropped_total") == 3
+        assert sample(metrics, "stream_monitor_alerts_dropped_total") == 3
         await pub.close(timeout=0.3)
 
     asyncio.run(main())
@@ -123,6 +119,6 @@ def test_jsonl_and_fanout() -> None:
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
         assert [(p["stream_id"], p["seq"]) for p in lines] == [("cam1", 0), ("cam2", 1)]
         assert sink.problems() == []
-        assert _sample(metrics, "stream_monitor_alerts_total", {"stream": "cam2", "event": "update"}) == 1
+        assert sample(metrics, "stream_monitor_alerts_total", stream="cam2", event="update") == 1
 
     asyncio.run(main())

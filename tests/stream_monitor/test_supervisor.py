@@ -20,6 +20,7 @@ from stream_monitor.ingest import StreamSupervisor
 from stream_monitor.ingest.base import Source
 from stream_monitor.metrics import Metrics
 from stream_monitor.types import Frame
+from tests.support.polling import sample, until
 
 FAST_RETRY = BackoffConfig(initial_s=0.05, max_s=0.2, multiplier=2.0, jitter=0.0)
 
@@ -106,19 +107,6 @@ class Recorder:
         return [int(f.image[0, 0, 0]) for f in self.frames]
 
 
-def _sample(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def _supervisor(opener: Opener, rec: Recorder, metrics: Metrics, **cfg: object) -> StreamSupervisor:
     settings: dict[str, object] = {"reconnect": FAST_RETRY, "stall_timeout_s": 5.0, "open_timeout_s": 1.0}
     settings.update(cfg)
@@ -138,12 +126,12 @@ def test_stall_watchdog_abandons_the_session_and_reconnects() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(sup.run())
-        await _until(stuck.hanging.is_set, 5, "the first source to hang")
+        await until(stuck.hanging.is_set, 5, "the first source to hang")
         assert sup.state == "up"
         hung_at = time.monotonic()
-        await _until(lambda: 2 in rec.tags(), 5, "frames from the second connection")
+        await until(lambda: 2 in rec.tags(), 5, "frames from the second connection")
         assert time.monotonic() - hung_at >= 0.35  # not before the stall timeout
-        await _until(lambda: len(rec.frames) >= 20, 5, "frames to flow again")
+        await until(lambda: len(rec.frames) >= 20, 5, "frames to flow again")
         # The abandoned thread wakes up (as a read timeout would) and must not deliver anything.
         stuck.release()
         await asyncio.to_thread(stuck.exited.wait, 5)
@@ -159,9 +147,9 @@ def test_stall_watchdog_abandons_the_session_and_reconnects() -> None:
         assert rec.sessions == [1, 2]
         assert status["state"] == "up" and status["reconnects"] == 1 and status["sessions"] == 2
         assert status["last_error"] is not None and "stalled" in status["last_error"]
-        assert _sample(metrics, "stream_monitor_stream_reconnects_total", stream="s") == 1
+        assert sample(metrics, "stream_monitor_stream_reconnects_total", stream="s") == 1
         assert sup.state == "stopped"
-        assert _sample(metrics, "stream_monitor_stream_up", stream="s") == 0
+        assert sample(metrics, "stream_monitor_stream_up", stream="s") == 0
 
     _run(main)
 
@@ -179,8 +167,8 @@ def test_live_hand_off_drops_the_oldest_and_counts() -> None:
     dropped = sup.status()["dropped"]
     assert 0 < dropped and len(delivered) + dropped == 60
     assert delivered == sorted(delivered) and delivered[-1] == 59  # the newest frame survives
-    assert _sample(metrics, "stream_monitor_frames_dropped_total", stream="s", stage="ingest") == dropped
-    assert _sample(metrics, "stream_monitor_frames_received_total", stream="s") == 60
+    assert sample(metrics, "stream_monitor_frames_dropped_total", stream="s", stage="ingest") == dropped
+    assert sample(metrics, "stream_monitor_frames_received_total", stream="s") == 60
     assert sup.state == "ended" and sup.status()["reconnects"] == 0 and len(opener.calls) == 1
 
 
@@ -199,7 +187,7 @@ def test_not_live_source_gets_backpressure_and_loses_nothing() -> None:
     _run(sup.run)
     assert [f.seq for f in rec.frames] == list(range(40))
     assert sup.status()["dropped"] == 0
-    assert _sample(metrics, "stream_monitor_frames_dropped_total", stream="s", stage="ingest") == 0
+    assert sample(metrics, "stream_monitor_frames_dropped_total", stream="s", stage="ingest") == 0
     assert max(lead) <= 3 + 1  # queue plus the frame in the decoder's hand
 
 
@@ -223,7 +211,7 @@ def test_failing_live_source_retries_with_growing_backoff() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(sup.run())
-        await _until(lambda: len(rec.frames) >= 5, 10, "the fourth connection to deliver")
+        await until(lambda: len(rec.frames) >= 5, 10, "the fourth connection to deliver")
         assert sup.state == "up"
         await sup.stop()
         await task
@@ -236,7 +224,7 @@ def test_failing_live_source_retries_with_growing_backoff() -> None:
     assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and gaps[2] >= 0.36
     assert gaps[2] > gaps[1] > gaps[0]
     assert sup.status()["reconnects"] == 3
-    assert _sample(metrics, "stream_monitor_stream_reconnects_total", stream="s") == 3
+    assert sample(metrics, "stream_monitor_stream_reconnects_total", stream="s") == 3
     assert rec.sessions == [1]
 
 
@@ -247,7 +235,7 @@ def test_stop_returns_promptly_while_a_read_hangs() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(sup.run())
-        await _until(source.hanging.is_set, 5, "the source to hang")
+        await until(source.hanging.is_set, 5, "the source to hang")
         assert sup.state == "connecting"
         started = time.monotonic()
         await sup.stop()
@@ -268,7 +256,7 @@ def test_max_fps_decimates_by_timestamp() -> None:
     pts = [f.pts for f in rec.frames]
     assert len(pts) == 10
     assert np.allclose(np.diff(pts), 0.1)
-    assert _sample(metrics, "stream_monitor_frames_received_total", stream="s") == 50
+    assert sample(metrics, "stream_monitor_frames_received_total", stream="s") == 50
     assert sup.status()["dropped"] == 0
 
 
@@ -290,11 +278,11 @@ def test_synthetic_stream_status_and_callback_errors() -> None:
     async def main() -> None:
         assert sup.status()["state"] == "connecting"
         task = asyncio.create_task(sup.run())
-        await _until(lambda: len(rec.frames) >= 40, 10, "40 synthetic frames")
+        await until(lambda: len(rec.frames) >= 40, 10, "40 synthetic frames")
         status = sup.status()
         assert status["state"] == "up" and status["url"] == "synthetic:astronaut?fps=25&size=160x120"
         assert 15 <= status["fps"] <= 35 and status["frames"] >= 40 and status["started_at"] is not None
-        assert _sample(metrics, "stream_monitor_stream_up", stream="cam") == 1
+        assert sample(metrics, "stream_monitor_stream_up", stream="cam") == 1
         await sup.stop()
         await task
         assert sup.status()["state"] == "stopped"
