@@ -14,15 +14,16 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
 from .alerts.policy import AlertPolicy, PolicyConfig
-from .alerts.publisher import AlertSink, FanOut, JsonLinesSink, RedisPublisher
+from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RedisPublisher
 from .config import Config
 from .errors import StreamMonitorError
 from .inference.engine import Engine
+from .ingest.base import Source
 from .ingest.supervisor import StreamSupervisor
 from .ingest.urls import redact
 from .metrics import Metrics
@@ -88,7 +89,8 @@ class Monitor:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.engine = Engine(cfg, self.metrics)
-        self.sink = build_sink(cfg, self.metrics)
+        self.broadcast = Broadcast()  # live alert feed for in-process subscribers (the page)
+        self.sink: AlertSink = FanOut([build_sink(cfg, self.metrics), self.broadcast])
         self.policy: AlertPolicy | None = None
         self.streams: dict[str, StreamHandle] = {}
         self.started_at = time.time()
@@ -132,14 +134,17 @@ class Monitor:
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
-    async def add_stream(self, stream_id: str, url: str) -> StreamHandle:
-        if stream_id in self.streams:
+    async def add_stream(self, stream_id: str, url: str, opener: Callable[[], Source] | None = None) -> StreamHandle:
+        """Start a stream. ``opener`` supplies the Source instead of ``url`` (WebRTC sessions:
+        ``url`` is then only a label). A stream that has ended under the same id is replaced."""
+        old = self.streams.get(stream_id)
+        if old is not None and not old.task.done():
             raise StreamExists(f"stream {stream_id!r} already exists")
         assert self.policy is not None, "start() first"
         pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics)
         await pipeline.open()
         supervisor = StreamSupervisor(stream_id, url, self.cfg.ingest, self.metrics, on_frame=pipeline.on_frame,
-                                      on_session=pipeline.on_session)
+                                      on_session=pipeline.on_session, opener=opener)
         task = asyncio.create_task(self._run_stream(supervisor, pipeline), name=f"stream-{stream_id}")
         handle = StreamHandle(stream_id, url, supervisor, pipeline, task)
         self.streams[stream_id] = handle

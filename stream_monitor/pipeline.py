@@ -19,13 +19,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .alerts.policy import AlertPolicy
+from .alerts.policy import AlertPolicy, fuse
 from .alerts.publisher import AlertSink
 from .inference.analysis import FrameAnalysis
 from .inference.batcher import Shed
 from .inference.engine import Engine
 from .metrics import Metrics
-from .types import Clip, Frame, Score
+from .types import Clip, Frame, Score, TrackedFace
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ class StreamPipeline:
         self.end_wait_s = end_wait_s
         self._ended: set[int] = set()
         self.stats = StreamStats()
-        self._inflight: deque[asyncio.Future[FrameAnalysis]] = deque()
+        self._inflight: deque[tuple[Frame, asyncio.Future[FrameAnalysis]]] = deque()
+        # What the operator page shows: the newest analysed frame and its faces' scores.
+        self.last_frame: Frame | None = None
+        self.last_faces: list[TrackedFace] = []
+        self._scores: dict[int, dict[str, float]] = {}
         self._track_scores: dict[int, set[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -65,9 +69,9 @@ class StreamPipeline:
 
     async def on_frame(self, frame: Frame) -> None:
         while len(self._inflight) >= self.max_inflight:
-            await asyncio.wait({self._inflight[0]})
+            await asyncio.wait({self._inflight[0][1]})
         fut = self.engine.analyse(frame)
-        self._inflight.append(fut)
+        self._inflight.append((frame, fut))
         fut.add_done_callback(lambda _: self._drain())
 
     def on_session(self, session: int) -> None:
@@ -78,7 +82,7 @@ class StreamPipeline:
     async def close(self) -> None:
         """Stream stopped: finish in-flight frames, end all tracks, wait for their alerts."""
         if self._inflight:
-            await asyncio.wait(set(self._inflight))
+            await asyncio.wait({fut for _, fut in self._inflight})
         self._drain()
         await self._close_tracks(forget=True)
         while self._tasks:
@@ -88,8 +92,8 @@ class StreamPipeline:
         self._handle(await self.engine.close_stream(self.stream_id, forget=forget))
 
     def _drain(self) -> None:
-        while self._inflight and self._inflight[0].done():
-            fut = self._inflight.popleft()
+        while self._inflight and self._inflight[0][1].done():
+            frame, fut = self._inflight.popleft()
             if fut.cancelled():
                 continue
             exc = fut.exception()
@@ -98,7 +102,27 @@ class StreamPipeline:
             if exc is not None:
                 log.error("%s: frame analysis failed: %r", self.stream_id, exc)
                 continue
-            self._handle(fut.result())
+            analysis = fut.result()
+            self.last_frame, self.last_faces = frame, analysis.faces
+            self._handle(analysis)
+
+    def live(self) -> dict[str, Any]:
+        """The newest analysed frame's faces with their latest scores (JSON-ready, for the page).
+
+        ``box`` in frame pixels; ``scores`` the latest probability per detector for the track;
+        ``fused`` their fusion as the alert policy computes it (``None`` before any score).
+        """
+        frame = self.last_frame
+        cfg = self.policy.config
+        faces = []
+        for face in self.last_faces:
+            scores = self._scores.get(face.track_id, {})
+            faces.append({"track_id": face.track_id, "box": [round(float(v), 1) for v in face.obs.box],
+                          "scores": {d: round(p, 4) for d, p in sorted(scores.items())},
+                          "fused": round(fuse(scores, cfg.fusion, cfg.weights), 4) if scores else None})
+        return {"stream_id": self.stream_id, "seq": frame.seq if frame else None, "pts": frame.pts if frame else None,
+                "width": frame.size[0] if frame else None, "height": frame.size[1] if frame else None,
+                "threshold": cfg.threshold, "faces": faces}
 
     def _handle(self, analysis: FrameAnalysis) -> None:
         m, sid = self.metrics, self.stream_id
@@ -128,6 +152,7 @@ class StreamPipeline:
             log.error("%s: %s window failed: %r", self.stream_id, clip.detector, fut.exception())
             return
         probability = fut.result()
+        self._scores.setdefault(clip.track_id, {})[clip.detector] = probability
         self.metrics.windows_scored.labels(clip.detector).inc()
         self.stats.windows += 1
         self.stats.last_scores[clip.detector] = round(probability, 4)
@@ -140,6 +165,7 @@ class StreamPipeline:
         if pending:
             await asyncio.wait(pending, timeout=self.end_wait_s)
         self._ended.add(track_id)
+        self._scores.pop(track_id, None)
         self._emit(self.policy.on_track_end(self.stream_id, track_id))
 
     def _emit(self, events: list[Any]) -> None:

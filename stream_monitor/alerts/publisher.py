@@ -231,6 +231,39 @@ class RedisPublisher:
             self._gauge()
 
 
+class Broadcast:
+    """In-process fan-out of alert events to live subscribers (the operator page's timeline
+    when there is no Redis). Each subscriber has a bounded queue; a slow one loses its
+    oldest events, never blocks the publisher."""
+
+    def __init__(self, queue_size: int = 256) -> None:
+        self._queues: set[asyncio.Queue[AlertEvent]] = set()
+        self._size = queue_size
+
+    def subscribe(self) -> "asyncio.Queue[AlertEvent]":
+        q: asyncio.Queue[AlertEvent] = asyncio.Queue(self._size)
+        self._queues.add(q)
+        return q
+
+    def unsubscribe(self, q: "asyncio.Queue[AlertEvent]") -> None:
+        self._queues.discard(q)
+
+    async def start(self) -> None:
+        pass
+
+    def publish(self, event: AlertEvent) -> None:
+        for q in self._queues:
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(event)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        self._queues.clear()
+
+    def problems(self) -> list[str]:
+        return []
+
+
 class FanOut:
     """Several sinks as one (e.g. Redis plus a JSON-lines file)."""
 
