@@ -61,7 +61,7 @@ class StreamPipeline:
         self.last_frame: Frame | None = None
         self.last_faces: list[TrackedFace] = []
         self._scores: dict[int, dict[str, float]] = {}
-        self._track_scores: dict[int, set[asyncio.Future[Any]]] = {}
+        self._pending_scores: dict[int, set[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
     async def open(self) -> None:
@@ -136,16 +136,16 @@ class StreamPipeline:
         for clip in analysis.clips:
             self._submit(clip)
         for track_id in analysis.ended:
-            pending = self._track_scores.pop(track_id, set())
+            pending = self._pending_scores.pop(track_id, set())
             self._spawn(self._end_track(track_id, pending))
 
     def _submit(self, clip: Clip) -> None:
         fut = self.engine.score(clip)
-        self._track_scores.setdefault(clip.track_id, set()).add(fut)
+        self._pending_scores.setdefault(clip.track_id, set()).add(fut)
         fut.add_done_callback(lambda f: self._on_score(clip, f))
 
     def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
-        self._track_scores.get(clip.track_id, set()).discard(fut)
+        self._pending_scores.get(clip.track_id, set()).discard(fut)
         if fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
             return
         if fut.exception() is not None:
