@@ -25,7 +25,7 @@ from .errors import StreamMonitorError
 from .inference.engine import Engine
 from .ingest.base import Source
 from .ingest.supervisor import StreamSupervisor
-from .ingest.urls import redact
+from .ingest.urls import redact, scheme_of
 from .metrics import Metrics
 from .pipeline import StreamPipeline
 from .retry import Backoff
@@ -54,7 +54,7 @@ class StreamHandle:
         sup = self.supervisor.status()
         stats = self.pipeline.stats
         return {
-            "id": self.id, "url": self.url, **sup,
+            "id": self.id, "url": self.url, "transport": scheme_of(self.url), **sup,
             "faces": stats.faces, "tracks": stats.tracks, "frames_analysed": stats.frames_analysed,
             "windows": stats.windows, "alerts": stats.alerts, "last_scores": dict(stats.last_scores),
         }

@@ -8,6 +8,7 @@ step). Units: seconds for times, frames per second for rates, pixels for sizes.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -152,6 +153,46 @@ class MetricsConfig(_Section):
     host: str = "127.0.0.1"
 
 
+class IceServerConfig(_Section):
+    """One STUN/TURN server offered to aiortc (``RTCIceServer``)."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRtcConfig(_Section):
+    """WHIP ingest (``POST /whip/{stream_id}``) and the WebRTC peers behind it.
+
+    ``host_addresses``: the only local addresses offered as ICE host candidates (aioice's
+    own discovery is replaced process-wide, so no other interface is ever announced).
+    ``allowed_candidate_networks``: offer ``a=candidate`` lines outside these networks
+    (and mDNS ``.local`` names) are removed before aiortc sees them, so the server never
+    sends a connectivity check to any other address. ``ice_servers``: STUN/TURN servers;
+    empty means none (aiortc's default would contact a public STUN server).
+    """
+
+    host_addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1"], min_length=1)
+    allowed_candidate_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    ice_servers: list[IceServerConfig] = Field(default_factory=list)
+    max_sessions: int = Field(4, ge=1)
+    retry_after_s: int = Field(5, ge=1)
+
+    @field_validator("host_addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for address in v:
+            ipaddress.ip_address(address)  # ValueError names the bad address
+        return v
+
+    @field_validator("allowed_candidate_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for network in v:
+            ipaddress.ip_network(network, strict=False)
+        return v
+
+
 class Config(_Section):
     worker_name: str | None = None
     streams: list[StreamConfig] = Field(default_factory=list)
@@ -162,6 +203,7 @@ class Config(_Section):
     redis: RedisConfig = RedisConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
+    webrtc: WebRtcConfig = WebRtcConfig()
 
     @field_validator("streams")
     @classmethod

@@ -49,6 +49,8 @@ class Metrics:
         self.alerts_pending = Gauge(p + "alerts_pending", "Alert events in the outbox waiting for Redis.", registry=r)
         self.alert_publish_failures = Counter(p + "alert_publish_failures_total",
                                               "Failed attempts to write alerts to Redis.", registry=r)
+        self.whip_sessions = Gauge(p + "whip_sessions", "WHIP sessions (WebRTC publishers) negotiating or connected.",
+                                   registry=r)
         self.alerts_dropped = Counter(p + "alerts_dropped_total", "Alert events dropped because the outbox was full.",
                                       registry=r)
 

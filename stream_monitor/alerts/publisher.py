@@ -248,6 +248,11 @@ class Broadcast:
     def unsubscribe(self, q: "asyncio.Queue[AlertEvent]") -> None:
         self._queues.discard(q)
 
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are listening (a page that left must not linger here)."""
+        return len(self._queues)
+
     async def start(self) -> None:
         pass
 

@@ -2,8 +2,10 @@
 
 ``build_api(monitor)`` is the full API; ``build_metrics_app(monitor)`` serves only
 ``/metrics`` and ``/healthcheck`` (the ``--metrics-port`` listener). With ``api.token``
-set, every route except ``/healthcheck`` and ``/metrics`` needs
-``Authorization: Bearer <token>``. Errors are JSON ``{"error": "..."}``.
+set, every route except ``/healthcheck``, ``/metrics`` and the operator page's own files
+(``/``, ``/static/``) needs ``Authorization: Bearer <token>`` (GETs may instead pass
+``?access_token=``, for the page's ``<img>`` and ``EventSource``: see :mod:`.auth`).
+Errors are JSON ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .auth import auth_middleware, json_errors
 from .health import add_health_routes
 from .predict import add_predict_routes
 from .streams import add_stream_routes
+from .ui import add_ui_routes
+from .whip import add_whip_routes
 
 if TYPE_CHECKING:
     from ..app import Monitor
@@ -31,6 +35,8 @@ def build_api(monitor: "Monitor") -> web.Application:
     add_health_routes(app)
     add_stream_routes(app)
     add_predict_routes(app)
+    add_ui_routes(app)
+    add_whip_routes(app)
     return app
 
 

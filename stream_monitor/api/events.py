@@ -1,0 +1,203 @@
+"""``GET /events``: the operator page's live feed as Server-Sent Events.
+
+Each event is ``event: <name>`` plus one line ``data: <JSON object>``:
+
+- ``config`` (first, once): ``{"redis": bool, "alerts": "redis"|"local", "threshold",
+  "worker", "live_fps", "streams_period_s"}``.
+- ``streams`` every :data:`STREAMS_PERIOD_S`: ``{"streams": [StreamHandle.status(), ...]}``.
+- ``live`` at most :data:`LIVE_FPS` times a second per stream, when a new frame was
+  analysed: ``StreamPipeline.live()`` (faces with boxes in frame pixels, per-detector
+  scores, fused score, threshold, frame width and height). ``?stream=ID`` limits these to
+  one stream; by default every stream of this worker is sent.
+- ``alert``: an alert event's JSON payload (DESIGN.md schema). With ``redis.url`` set they
+  come from Redis Pub/Sub (``PSUBSCRIBE {prefix}:alerts:*``: every worker's alerts, as
+  delivered to Redis); without Redis from this worker's in-process broadcast only.
+- ``feed``: ``{"source": "redis"|"local", "ok": bool, "error": str|null}`` when the alert
+  feed connects or fails (an unreachable Redis is retried with backoff meanwhile).
+
+The feed ends when the client leaves (noticed at the next write, at most
+``1 / LIVE_FPS`` s later, or when the transport closes) or the server shuts down; its
+Pub/Sub connection or broadcast queue is released then. A slow client loses its oldest
+queued alerts rather than slowing anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from ..alerts.publisher import Broadcast
+from ..retry import Backoff
+
+if TYPE_CHECKING:
+    from ..app import Monitor
+
+log = logging.getLogger(__name__)
+
+STREAMS_PERIOD_S = 1.0
+LIVE_FPS = 5.0
+RETRY_MS = 2000  # how long EventSource waits before reconnecting after the feed ended
+_QUEUE = 256
+
+CLOSING = web.AppKey("ui_closing", asyncio.Event)
+
+Put = Callable[[str, dict[str, Any]], None]
+
+
+class AlertFeed(Protocol):
+    """A live source of alert payloads for one client; ``run`` until cancelled."""
+
+    source: str
+
+    async def run(self, put: Put) -> None: ...
+
+
+class LocalAlertFeed:
+    """This worker's alerts, from the monitor's in-process broadcast."""
+
+    source = "local"
+
+    def __init__(self, broadcast: Broadcast) -> None:
+        self.broadcast = broadcast
+
+    async def run(self, put: Put) -> None:
+        queue = self.broadcast.subscribe()
+        try:
+            put("feed", {"source": self.source, "ok": True, "error": None})
+            while True:
+                put("alert", (await queue.get()).payload)
+        finally:
+            self.broadcast.unsubscribe(queue)
+
+
+class RedisAlertFeed:
+    """Every worker's alerts from Redis Pub/Sub; reconnects with backoff while Redis is down."""
+
+    source = "redis"
+
+    def __init__(self, url: str, prefix: str, backoff: Backoff = Backoff(0.5, 10.0), timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.pattern = f"{prefix}:alerts:*"
+        self.backoff = backoff
+        self.timeout_s = timeout_s
+
+    async def run(self, put: Put) -> None:
+        attempt = 0
+        while True:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.timeout_s,
+                                             health_check_interval=0)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.psubscribe(self.pattern)
+                put("feed", {"source": self.source, "ok": True, "error": None})
+                attempt = 0
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "pmessage":
+                        try:
+                            put("alert", json.loads(message["data"]))
+                        except ValueError:
+                            log.warning("ignoring a non-JSON message on %r", message.get("channel"))
+            except (RedisError, OSError) as exc:
+                put("feed", {"source": self.source, "ok": False, "error": f"Redis unreachable ({exc}); retrying"})
+            finally:
+                # shield: the client is released even when the feed is being cancelled.
+                await asyncio.shield(_close(pubsub, client))
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+
+async def _close(pubsub: Any, client: aioredis.Redis) -> None:
+    with contextlib.suppress(RedisError, OSError):
+        await pubsub.aclose()
+    with contextlib.suppress(RedisError, OSError):
+        await client.aclose()
+
+
+def alert_feed(monitor: "Monitor") -> AlertFeed:
+    r = monitor.cfg.redis
+    if r.url:
+        return RedisAlertFeed(r.url, r.prefix)
+    return LocalAlertFeed(monitor.broadcast)
+
+
+def _sse(name: str, data: dict[str, Any]) -> bytes:
+    # json.dumps never emits a raw newline, so one data: line always holds the whole object.
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def add_event_routes(app: web.Application) -> None:
+    from . import MONITOR
+    from ..app import worker_name
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        monitor = cast("Monitor", request.app[MONITOR])
+        closing = request.app[CLOSING]
+        only = request.query.get("stream")
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(_QUEUE)
+
+        def put(name: str, data: dict[str, Any]) -> None:
+            if queue.full():
+                queue.get_nowait()  # a slow client loses its oldest events, never blocks the feed
+            queue.put_nowait((name, data))
+
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":
+            return web.Response(headers=headers)  # no body: never enter the endless loop
+        feed = alert_feed(monitor)
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        feed_task = asyncio.create_task(feed.run(put), name="events-alert-feed")
+        loop = asyncio.get_running_loop()
+        sent: dict[str, tuple[int, int | None]] = {}  # stream id -> (its pipeline, frame seq) last sent
+        try:
+            await resp.write(f"retry: {RETRY_MS}\n\n".encode())
+            await resp.write(_sse("config", {
+                "redis": bool(monitor.cfg.redis.url), "alerts": feed.source, "threshold": monitor.cfg.alerts.threshold,
+                "worker": worker_name(monitor.cfg), "live_fps": LIVE_FPS, "streams_period_s": STREAMS_PERIOD_S}))
+            next_streams = next_live = loop.time()
+            while not closing.is_set() and request.transport is not None and not request.transport.is_closing():
+                now = loop.time()
+                if now >= next_streams:
+                    await resp.write(_sse("streams", {"streams": [h.status() for h in list(monitor.streams.values())]}))
+                    next_streams = now + STREAMS_PERIOD_S
+                if now >= next_live:
+                    for sid, handle in list(monitor.streams.items()):
+                        if only is not None and sid != only:
+                            continue
+                        live = handle.pipeline.live()
+                        key = (id(handle.pipeline), live["seq"])
+                        if live["seq"] is not None and key != sent.get(sid):
+                            sent[sid] = key
+                            await resp.write(_sse("live", live))
+                    next_live = now + 1.0 / LIVE_FPS
+                wait = max(0.0, min(next_streams, next_live) - loop.time())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    name, data = await asyncio.wait_for(queue.get(), wait)
+                    await resp.write(_sse(name, data))
+                    while not queue.empty():
+                        await resp.write(_sse(*queue.get_nowait()))
+                if feed_task.done() and not feed_task.cancelled() and feed_task.exception() is not None:
+                    log.error("alert feed for /events failed: %r", feed_task.exception())
+                    break
+        except ConnectionError:
+            pass  # the client left
+        finally:
+            feed_task.cancel()
+            await asyncio.gather(feed_task, return_exceptions=True)
+        return resp
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Long-lived feeds would otherwise hold the server's graceful shutdown for its full timeout.
+        app[CLOSING].set()
+
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/events", events)
