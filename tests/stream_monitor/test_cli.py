@@ -16,7 +16,7 @@ import pytest
 import redis
 import yaml
 
-from tests.stream_monitor.test_e2e import check_schema, metric
+from tests.support.schema import check_schema, metric
 from tests.support.servers import RedisServer, free_port, wait_until
 from tests.support.small import SMALL_DETECTORS
 

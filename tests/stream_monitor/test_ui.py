@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from stream_monitor.app import Monitor
 from stream_monitor.config import load_config
-from tests.stream_monitor.test_e2e import check_schema
+from tests.support.schema import check_schema
 from tests.support.chromium import (Chromium, Page, chromium_problem, netns_problem, run_in_private_netns,
                                     write_fake_camera)
 from tests.support.servers import RedisServer

@@ -18,7 +18,7 @@ from stream_monitor.api.whip_sessions import WhipSessions
 from stream_monitor.app import Monitor
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.ingest.sdp import BadOffer, check_offer, filter_candidates, sections
-from tests.stream_monitor.test_e2e import check_schema
+from tests.support.schema import check_schema
 from tests.support.polling import sample, until
 from tests.support.small import small_config
 from tests.support.whip_client import Publisher, loopback_only
