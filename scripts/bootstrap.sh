@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment at .venv (idempotent).
 #   scripts/bootstrap.sh          what the monitor needs
-#   scripts/bootstrap.sh test     plus what the tests need (Debian: redis-server, GStreamer RTSP server)
+#   scripts/bootstrap.sh test     plus what the tests need (Debian: redis-server, GStreamer RTSP server, prometheus/promtool,
+#                                  docker-compose: validates deploy/compose.yaml client-side)
 # Python packages are re-installed only when pyproject.toml changed since the last run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ debs=()
 if [ "$extra" = "test" ]; then
   debs+=(redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base
          gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-         chromium ffmpeg iproute2 util-linux)
+         chromium ffmpeg iproute2 util-linux prometheus docker-compose)
 fi
 missing=()
 for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
