@@ -91,11 +91,8 @@ def _unsafe_pickle_message(path: Path, reason: str) -> str:
     return (
         f"{path}: refused to load: this checkpoint needs arbitrary unpickling, which can run code "
         f"({reason.splitlines()[0][:300]}). Convert it in a trusted environment (a throw-away "
-        "container, never on the monitor host) to a plain state dict and load that instead, e.g.\n"
-        "  python -c \"import torch; from safetensors.torch import save_file; "
-        "ck = torch.load('IN', map_location='cpu', weights_only=False); "
-        "sd = ck.get('state_dict', ck); "
-        "save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, 'OUT.safetensors')\"\n"
+        "container, never on the monitor host): open it there with torch's full unpickler, keep only "
+        "the tensors of its state dict, and save them with safetensors (weights/README.md, 'Safety'); "
         "then: stream-monitor weights import OUT.safetensors --detector NAME"
     )
 
