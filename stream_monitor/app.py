@@ -55,7 +55,7 @@ class StreamHandle:
         stats = self.pipeline.stats
         return {
             "id": self.id, "url": self.url, "transport": scheme_of(self.url), **sup,
-            "faces": stats.faces, "tracks": stats.tracks, "frames_analysed": stats.frames_analysed,
+            "faces": len(self.pipeline.last_faces), "tracks": stats.tracks, "frames_analysed": stats.frames_analysed,
             "windows": stats.windows, "alerts": stats.alerts, "last_scores": dict(stats.last_scores),
         }
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,13 +34,10 @@ class StreamStats:
     """Live figures for ``GET /streams/{id}``."""
 
     frames_analysed: int = 0
-    faces: int = 0
     tracks: int = 0
     windows: int = 0
     alerts: int = 0
     last_scores: dict[str, float] = field(default_factory=dict)
-    last_fused: dict[int, float] = field(default_factory=dict)
-    updated_at: float = 0.0
 
 
 class StreamPipeline:
@@ -130,7 +126,6 @@ class StreamPipeline:
             m.frames_analysed.labels(sid).inc()
             m.faces_detected.labels(sid).inc(len(analysis.faces))
             self.stats.frames_analysed += 1
-            self.stats.faces = len(analysis.faces)
         m.tracks_active.labels(sid).set(analysis.tracks_active)
         self.stats.tracks = analysis.tracks_active
         for clip in analysis.clips:
@@ -156,7 +151,6 @@ class StreamPipeline:
         self.metrics.windows_scored.labels(clip.detector).inc()
         self.stats.windows += 1
         self.stats.last_scores[clip.detector] = round(probability, 4)
-        self.stats.updated_at = time.time()
         score = Score(self.stream_id, clip.track_id, clip.detector, probability, clip.start_pts, clip.end_pts,
                       len({id(it) for it in clip.items}), clip.last_arrival, clip.bbox)
         self._emit(self.policy.on_score(score))
