@@ -1,9 +1,11 @@
 """The Monitor: the boot order as readable code, and the streams it runs.
 
 Start: metrics → models (engine.load, in a thread: may raise ``WeightsError``) → worker
-→ alert sinks → HTTP servers (API, metrics) → streams. Stop, in reverse: streams (each
-finishes its in-flight frames, closes its tracks and emits their final windows and end
-events) → HTTP → worker → sinks (drained within the grace time).
+→ alert sinks → HTTP servers (API, metrics) → streams (with ``fleet.enabled``: the fleet,
+which adds the configured streams to Redis's desired set and claims streams from it).
+Stop, in reverse: the fleet stops claiming → streams (each finishes its in-flight frames,
+closes its tracks and emits their final windows and end events, then gives its lease back)
+→ the fleet leaves → HTTP → worker → sinks (drained within the grace time).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .alerts.policy import AlertPolicy, PolicyConfig
 from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RedisPublisher
 from .config import Config
 from .errors import StreamMonitorError
+from .fleet import Fleet
 from .inference.engine import Engine
 from .ingest.base import Source
 from .ingest.supervisor import StreamSupervisor
@@ -31,6 +34,8 @@ from .pipeline import StreamPipeline
 from .retry import Backoff
 
 log = logging.getLogger(__name__)
+
+_HTTP_SHUTDOWN_S = 3.0
 
 
 class StreamExists(StreamMonitorError):
@@ -98,7 +103,10 @@ class Monitor:
         self._runners: list[web.AppRunner] = []
         self.api_port: int | None = None
         self.metrics_port: int | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        # Streams stopped but still finishing (final windows): an id is not reused until done.
+        self._closing: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        self.fleet: Fleet | None = Fleet(self, cfg, worker_name(cfg)) if cfg.fleet.enabled else None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.engine.load)
@@ -110,8 +118,11 @@ class Monitor:
             models=self.engine.model_ids, worker=worker_name(self.cfg)))
         await self.sink.start()
         await self._start_http()
-        for s in self.cfg.streams:
-            await self.add_stream(s.id, s.url)
+        if self.fleet is not None:
+            await self.fleet.start()  # adds cfg.streams to the fleet; some may land on other workers
+        else:
+            for s in self.cfg.streams:
+                await self.add_stream(s.id, s.url)
         self.ready = True
 
     async def _start_http(self) -> None:
@@ -125,7 +136,9 @@ class Monitor:
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None)
+        # Idle keep-alive clients (browsers, scrapers) must not hold shutdown for aiohttp's
+        # default 60 s: in-flight requests get this long, then connections are closed.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_HTTP_SHUTDOWN_S)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -134,28 +147,48 @@ class Monitor:
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
-    async def add_stream(self, stream_id: str, url: str, opener: Callable[[], Source] | None = None) -> StreamHandle:
-        """Start a stream. ``opener`` supplies the Source instead of ``url`` (WebRTC sessions:
-        ``url`` is then only a label). A stream that has ended under the same id is replaced."""
-        old = self.streams.get(stream_id)
-        if old is not None and not old.task.done():
-            raise StreamExists(f"stream {stream_id!r} already exists")
+    def busy(self, stream_id: str) -> bool:
+        """A stream with this id is running or still finishing here."""
+        handle = self.streams.get(stream_id)
+        return (handle is not None and not handle.task.done()) or stream_id in self._closing
+
+    async def add_stream(self, stream_id: str, url: str, opener: Callable[[], Source] | None = None, *,
+                         leased: bool = False) -> StreamHandle:
+        """Start a stream on this worker. ``opener`` supplies the Source instead of ``url``
+        (WebRTC sessions: ``url`` is then only a label). A stream that has ended under the
+        same id is replaced. In a fleet the stream holds a lease on its id: ``leased`` says
+        the fleet already took it (a desired stream); otherwise it is leased here (raises
+        ``StreamExists`` when another worker has the id)."""
+        if self.busy(stream_id):
+            state = "already exists" if stream_id in self.streams else "is still finishing"
+            raise StreamExists(f"stream {stream_id!r} {state}")
         assert self.policy is not None, "start() first"
-        pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics)
-        await pipeline.open()
+        if self.fleet is not None and not leased:
+            await self.fleet.claim_local(stream_id)
+        try:
+            pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics)
+            await pipeline.open()
+        except BaseException:
+            if self.fleet is not None and not leased:
+                await self.fleet.unclaim_local(stream_id)
+            raise
         supervisor = StreamSupervisor(stream_id, url, self.cfg.ingest, self.metrics, on_frame=pipeline.on_frame,
                                       on_session=pipeline.on_session, opener=opener)
-        task = asyncio.create_task(self._run_stream(supervisor, pipeline), name=f"stream-{stream_id}")
+        task = asyncio.create_task(self._run_stream(stream_id, supervisor, pipeline), name=f"stream-{stream_id}")
         handle = StreamHandle(stream_id, url, supervisor, pipeline, task)
         self.streams[stream_id] = handle
+        if self.fleet is not None:
+            self.fleet.bind(stream_id, pipeline)
         log.info("stream %s: %s", stream_id, redact(url))
         return handle
 
-    async def _run_stream(self, supervisor: StreamSupervisor, pipeline: StreamPipeline) -> None:
+    async def _run_stream(self, stream_id: str, supervisor: StreamSupervisor, pipeline: StreamPipeline) -> None:
         try:
             await supervisor.run()
         finally:
             await pipeline.close()
+            if self.fleet is not None:
+                await self.fleet.stream_done(stream_id, pipeline, ended=supervisor.status()["state"] == "ended")
 
     async def remove_stream(self, stream_id: str, wait_s: float = 5.0) -> None:
         """Stop a stream. Its open windows are scored and its incidents ended; if that takes
@@ -163,15 +196,33 @@ class Monitor:
         handle = self.streams.pop(stream_id, None)
         if handle is None:
             raise UnknownStream(f"no stream {stream_id!r}")
+        self._finishing(handle)
         await handle.supervisor.stop()
-        self._closing.add(handle.task)
+        await asyncio.wait({handle.task}, timeout=wait_s)
+
+    def abort_stream(self, stream_id: str) -> None:
+        """Stop processing a stream at once (its fleet lease is lost: another worker may take
+        it). From this call on its pipeline drops every frame and result; its open incidents
+        get their ``end`` events; no final windows are scored."""
+        handle = self.streams.pop(stream_id, None)
+        if handle is None:
+            return
+        handle.pipeline.abort()
+        self._finishing(handle)
+        stopping = asyncio.ensure_future(handle.supervisor.stop())
+        self._background.add(stopping)  # the loop keeps only weak references to tasks
+        stopping.add_done_callback(self._background.discard)
+
+    def _finishing(self, handle: StreamHandle) -> None:
+        self._closing[handle.id] = handle.task
 
         def closed(task: asyncio.Task[None]) -> None:
-            self._closing.discard(task)
-            self.metrics.forget_stream(stream_id)
+            if self._closing.get(handle.id) is task:
+                del self._closing[handle.id]
+            if handle.id not in self.streams:
+                self.metrics.forget_stream(handle.id)
 
         handle.task.add_done_callback(closed)
-        await asyncio.wait({handle.task}, timeout=wait_s)
 
     async def wait_streams(self, timeout: float | None = None) -> None:
         """Until every stream has ended (finite sources) or ``timeout`` seconds pass."""
@@ -181,10 +232,14 @@ class Monitor:
 
     def problems(self) -> list[str]:
         out = [] if self.ready else ["starting"]
+        if self.fleet is not None:
+            out += self.fleet.problems()
         return out + self.sink.problems()
 
     async def stop(self, grace: float = 10.0) -> None:
         self.ready = False
+        if self.fleet is not None:
+            self.fleet.stop_claiming()
         for stream_id in list(self.streams):
             handle = self.streams.pop(stream_id)
             await handle.supervisor.stop()
@@ -194,7 +249,9 @@ class Monitor:
             elif not handle.task.cancelled() and handle.task.exception() is not None:
                 log.error("stream %s ended with %r", stream_id, handle.task.exception())
         if self._closing:
-            await asyncio.wait(set(self._closing), timeout=grace)
+            await asyncio.wait(set(self._closing.values()), timeout=grace)
+        if self.fleet is not None:
+            await self.fleet.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -1,4 +1,4 @@
-"""``stream-monitor``: run, serve, predict, alerts tail, weights.
+"""``stream-monitor``: run, serve, predict, alerts tail, weights, bench.
 
 Exit codes: 0 success; 1 a runtime failure; 2 bad usage, bad configuration or missing
 weights (the message names the files and where they come from). Logs go to stderr;
@@ -160,7 +160,8 @@ def run(
         taken.add(sid)
         streams.append({"id": sid, "url": url})
     cfg = _config(config, _merge_streams(cfg, streams))
-    raise typer.Exit(_main(cfg, duration, until_streams_end=True))
+    # A fleet worker's streams may run elsewhere: it serves until stopped, like `serve`.
+    raise typer.Exit(_main(cfg, duration, until_streams_end=not cfg.fleet.enabled))
 
 
 def _merge_streams(cfg: Config, streams: list[dict[str, str]]) -> dict[str, Any]:
@@ -314,6 +315,72 @@ def weights_import(file: Path = typer.Argument(..., help="an authors' checkpoint
     except (WeightsError, StreamMonitorError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"imported {file} -> {dst} (sha256 {digest})")
+
+
+@app.command()
+def bench(
+    streams: int = typer.Option(1, min=1, help="streams run at once"),
+    source: str = typer.Option("synthetic", help="synthetic or file (an H.264 MP4 written at bench time)"),
+    resolution: str = typer.Option("720p", help="720p, 1080p, 240p, ... or WIDTHxHEIGHT"),
+    fps: float = typer.Option(30.0, help="source frame rate"),
+    faces: int = typer.Option(1, min=1, max=2, help="faces per stream (1 or 2)"),
+    duration: float = typer.Option(20.0, help="seconds measured"),
+    warmup: float = typer.Option(5.0, help="seconds run before the measurement starts"),
+    detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
+    preset: str = typer.Option("full", help="detector sizes: full (the authors') or small (plumbing checks)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: the config's, auto)"),
+    precision: Optional[str] = typer.Option(None, help="our precision: fp32 (default), bf16 or fp16; the "
+                                            "baseline runs fp32"),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="also run the authors' loops"),
+    baseline_seconds: Optional[float] = typer.Option(None, help="media seconds for the baseline "
+                                                     "(default: --duration, at least two windows each)"),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoints (default: random weights, same compute)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here ('-': stdout)"),
+    workdir: Optional[Path] = typer.Option(None, help="media and baseline files (default: a temporary dir)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Throughput of N streams through the monitor vs the authors' inference loops."""
+    _setup_logging(verbose)
+    from .bench import BenchOptions, run_bench
+    from .bench.presets import PRESETS
+    from .bench.report import render_table
+    from .bench.scenario import parse_resolution
+
+    names = [d.strip() for d in detectors.split(",") if d.strip()] if detectors is not None else None
+    if names is not None and (not names or any(d not in DETECTOR_NAMES for d in names)):
+        raise _fail(f"--detectors takes a comma list of {', '.join(DETECTOR_NAMES)}; got {detectors!r}")
+    if source not in ("synthetic", "file") or device not in (None, "auto", "cpu", "cuda") \
+            or precision not in (None, "fp32", "bf16", "fp16") or preset not in PRESETS:
+        raise _fail("--source synthetic|file, --device auto|cpu|cuda, --precision fp32|bf16|fp16, "
+                    f"--preset {'|'.join(PRESETS)}")
+    try:
+        parse_resolution(resolution)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    opts = BenchOptions(streams=streams, source=source, resolution=resolution,  # type: ignore[arg-type]
+                        fps=fps, faces=faces, duration_s=duration, warmup_s=warmup,
+                        detectors=tuple(names) if names is not None else None,
+                        preset=preset, device=device, precision=precision, baseline=baseline,
+                        baseline_seconds=baseline_seconds, weights_dir=weights_dir, config=config,
+                        workdir=workdir)
+    try:
+        report = run_bench(opts)
+    except (ConfigError, WeightsError) as exc:
+        raise _fail(str(exc)) from None
+    text = json.dumps(report, indent=2)
+    if json_out is not None and str(json_out) == "-":
+        typer.echo(render_table(report), err=True)
+        typer.echo(text)
+    else:
+        typer.echo(render_table(report))
+        if json_out is not None:
+            json_out.write_text(text + "\n", encoding="utf-8")
+    if any(t.name.startswith("inference") and t.is_alive() for t in threading.enumerate()):
+        # A worker is still inside a long batch (full-size models on a CPU): the report is out.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main() -> None:

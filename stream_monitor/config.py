@@ -102,6 +102,8 @@ class DetectorsConfig(_Section):
     random_weights: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     worker_threads: Literal["auto", "shared", "per_detector"] = "auto"
+    # Autocast of the model forwards (stream_monitor.inference.runners); fp16 needs CUDA.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     caddm: DetectorConfig = DetectorConfig()
     sta: DetectorConfig = DetectorConfig()
     styleflow: DetectorConfig = DetectorConfig()
@@ -193,6 +195,33 @@ class WebRtcConfig(_Section):
         return v
 
 
+class FleetConfig(_Section):
+    """Scale-out across workers through Redis (:mod:`stream_monitor.fleet`).
+
+    ``enabled``: the desired streams live in Redis (``{redis.prefix}:streams``) and this
+    worker claims up to ``capacity`` of them through lease keys; needs ``redis.url``.
+    ``lease_ttl_s``: a lease's lifetime; the owner renews it every ``tick_s`` and stops a
+    stream at once when it cannot prove the lease is still its own (lost, or not renewed
+    for ``lease_ttl_s`` minus a clock-drift margin). A dead worker's streams move after at
+    most ``lease_ttl_s + tick_s``. ``journal``: append one JSON line per ownership change
+    (acquired, released, lost, ended, deleted) to this file. ``advertise_url``: this
+    worker's API as others should reach it, shown in the fleet view.
+    """
+
+    enabled: bool = False
+    capacity: int = Field(8, ge=1)
+    lease_ttl_s: float = Field(10.0, ge=1.0)
+    tick_s: float = Field(1.0, gt=0)
+    journal: Path | None = None
+    advertise_url: str | None = None
+
+    @model_validator(mode="after")
+    def _tick_within_ttl(self) -> "FleetConfig":
+        if self.tick_s * 3 > self.lease_ttl_s:
+            raise ValueError("fleet.tick_s must be at most a third of fleet.lease_ttl_s (leases are renewed each tick)")
+        return self
+
+
 class Config(_Section):
     worker_name: str | None = None
     streams: list[StreamConfig] = Field(default_factory=list)
@@ -204,6 +233,7 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
     webrtc: WebRtcConfig = WebRtcConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("streams")
     @classmethod
@@ -212,6 +242,13 @@ class Config(_Section):
         if len(set(ids)) != len(ids):
             raise ValueError("stream ids must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _fleet_needs_redis(self) -> "Config":
+        if self.fleet.enabled and not self.redis.url:
+            raise ValueError("fleet.enabled needs redis.url (or STREAM_MONITOR_REDIS_URL): the fleet coordinates "
+                             "through Redis")
+        return self
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,14 @@ class Metrics:
                                    registry=r)
         self.alerts_dropped = Counter(p + "alerts_dropped_total", "Alert events dropped because the outbox was full.",
                                       registry=r)
+        # Scale-out (fleet.enabled): every worker reports the fleet-wide unassigned count.
+        self.streams_unassigned = Gauge(p + "streams_unassigned",
+                                        "Desired streams in Redis that no worker holds a lease on.", registry=r)
+        self.streams_owned = Gauge(p + "streams_owned", "Streams this worker holds leases on.", registry=r)
+        self.fleet_workers = Gauge(p + "fleet_workers", "Workers alive in the fleet (heartbeats in Redis).",
+                                   registry=r)
+        self.leases_lost = Counter(p + "leases_lost_total",
+                                   "Streams stopped because this worker could no longer prove its lease.", registry=r)
 
     def render(self) -> bytes:
         """Prometheus text exposition of every metric."""

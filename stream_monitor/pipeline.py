@@ -8,6 +8,10 @@ stream's order. A track's end event waits until every window of that track submi
 before it has been scored (at most ``end_wait_s``), so the final windows can still update
 the incident; scores that arrive after a track's end are ignored, so an ended incident is
 never reopened by a straggler.
+
+``abort()`` (the stream's fleet lease is lost) stops the stream's processing at once: frames
+still queued in the engine are cancelled, results that arrive anyway are ignored, and
+``close()`` then only ends the open incidents of its tracks (no final windows).
 """
 
 from __future__ import annotations
@@ -59,11 +63,15 @@ class StreamPipeline:
         self._scores: dict[int, dict[str, float]] = {}
         self._pending_scores: dict[int, set[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._aborted = False
+        self.closed = False
 
     async def open(self) -> None:
         await self.engine.open_stream(self.stream_id)
 
     async def on_frame(self, frame: Frame) -> None:
+        if self._aborted:
+            return
         while len(self._inflight) >= self.max_inflight:
             await asyncio.wait({self._inflight[0][1]})
         fut = self.engine.analyse(frame)
@@ -75,14 +83,33 @@ class StreamPipeline:
         if session > 1:
             self._spawn(self._close_tracks(forget=False))
 
+    def abort(self) -> None:
+        """Stop processing now: cancel queued frames and windows, ignore whatever still arrives."""
+        self._aborted = True
+        for _, fut in self._inflight:
+            fut.cancel()  # the batcher skips cancelled requests when it forms a batch
+        for pending in self._pending_scores.values():
+            for fut in pending:
+                fut.cancel()
+
     async def close(self) -> None:
-        """Stream stopped: finish in-flight frames, end all tracks, wait for their alerts."""
-        if self._inflight:
-            await asyncio.wait({fut for _, fut in self._inflight})
-        self._drain()
-        await self._close_tracks(forget=True)
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        """Stream stopped: finish in-flight frames, end all tracks, wait for their alerts.
+        After :meth:`abort`: end the tracks' open incidents only."""
+        try:
+            if self._aborted:
+                ended = await self.engine.close_stream(self.stream_id, forget=True)
+                for track_id in ended.ended:
+                    self._ended.add(track_id)
+                    self._emit(self.policy.on_track_end(self.stream_id, track_id))
+            else:
+                if self._inflight:
+                    await asyncio.wait({fut for _, fut in self._inflight})
+                self._drain()
+                await self._close_tracks(forget=True)
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            self.closed = True
 
     async def _close_tracks(self, forget: bool) -> None:
         self._handle(await self.engine.close_stream(self.stream_id, forget=forget))
@@ -121,6 +148,8 @@ class StreamPipeline:
                 "threshold": cfg.threshold, "faces": faces}
 
     def _handle(self, analysis: FrameAnalysis) -> None:
+        if self._aborted:
+            return
         m, sid = self.metrics, self.stream_id
         if analysis.seq >= 0:
             m.frames_analysed.labels(sid).inc()
@@ -141,7 +170,7 @@ class StreamPipeline:
 
     def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
         self._pending_scores.get(clip.track_id, set()).discard(fut)
-        if fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
+        if self._aborted or fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
             return
         if fut.exception() is not None:
             log.error("%s: %s window failed: %r", self.stream_id, clip.detector, fut.exception())

@@ -1,4 +1,13 @@
-"""``/streams``: list, add, inspect and delete streams at run time."""
+"""``/streams``: list, add, inspect and delete streams at run time.
+
+Alone, a worker's streams are its own. In a fleet (``fleet.enabled``) the routes act on the
+fleet's desired streams in Redis, the same from any worker: ``GET /streams`` lists every
+stream with its ``owner`` (``null`` while unassigned) and the owner's latest status, plus
+the live ``workers``; ``POST`` adds a desired stream (201, ``"state": "unassigned"`` until
+a worker claims it, usually within ``fleet.tick_s``); ``DELETE`` removes it (204 when it
+stopped here or ran nowhere, 202 when its owner, another worker, stops it within a tick).
+503 when Redis cannot be reached.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from aiohttp import web
 
 from ..app import StreamExists, UnknownStream
 from ..errors import SourceError
+from ..fleet import FleetUnavailable
 from ..ingest.base import check_url
 from .auth import error
 
@@ -33,6 +43,11 @@ def add_stream_routes(app: web.Application) -> None:
 
     async def list_streams(request: web.Request) -> web.Response:
         monitor: Any = request.app[MONITOR]
+        if monitor.fleet is not None:
+            try:
+                return web.json_response(await monitor.fleet.view())
+            except FleetUnavailable as exc:
+                return error(503, str(exc))
         return web.json_response({"streams": [h.status() for h in monitor.streams.values()]})
 
     async def add_stream(request: web.Request) -> web.Response:
@@ -52,14 +67,28 @@ def add_stream_routes(app: web.Application) -> None:
             check_url(url)
         except SourceError as exc:
             return error(400, str(exc))
+        location = {"Location": f"/streams/{stream_id}"}
         try:
+            if monitor.fleet is not None:
+                return web.json_response(await monitor.fleet.add(stream_id, url), status=201, headers=location)
             handle = await monitor.add_stream(stream_id, url)
         except StreamExists as exc:
             return error(409, str(exc))
-        return web.json_response(handle.status(), status=201, headers={"Location": f"/streams/{stream_id}"})
+        except FleetUnavailable as exc:
+            return error(503, str(exc))
+        return web.json_response(handle.status(), status=201, headers=location)
 
     async def get_stream(request: web.Request) -> web.Response:
         monitor: Any = request.app[MONITOR]
+        if monitor.fleet is not None:
+            try:
+                fleet = await monitor.fleet.view()
+            except FleetUnavailable as exc:
+                return error(503, str(exc))
+            found = [s for s in fleet["streams"] if s["id"] == request.match_info["id"]]
+            if not found:
+                return error(404, f"no stream {request.match_info['id']!r}")
+            return web.json_response(found[0])
         handle = monitor.streams.get(request.match_info["id"])
         if handle is None:
             return error(404, f"no stream {request.match_info['id']!r}")
@@ -68,9 +97,14 @@ def add_stream_routes(app: web.Application) -> None:
     async def delete_stream(request: web.Request) -> web.Response:
         monitor: Any = request.app[MONITOR]
         try:
+            if monitor.fleet is not None:
+                stopped = await monitor.fleet.delete(request.match_info["id"])
+                return web.Response(status=204 if stopped else 202)
             await monitor.remove_stream(request.match_info["id"])
         except UnknownStream as exc:
             return error(404, str(exc))
+        except FleetUnavailable as exc:
+            return error(503, str(exc))
         return web.Response(status=204)
 
     app.router.add_get("/streams", list_streams)

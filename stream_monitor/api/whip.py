@@ -38,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from ..app import StreamExists
+from ..fleet import FleetUnavailable
 from ..ingest.sdp import BadOffer
 from .auth import error
 from .streams import _ID
@@ -76,6 +77,8 @@ def add_whip_routes(app: web.Application) -> None:
             return error(503, str(exc), {"Retry-After": str(monitor.cfg.webrtc.retry_after_s)})
         except StreamExists as exc:
             return error(409, str(exc))
+        except FleetUnavailable as exc:  # the id cannot be leased fleet-wide now
+            return error(503, str(exc), {"Retry-After": str(monitor.cfg.webrtc.retry_after_s)})
         except BadOffer as exc:
             log.info("WHIP %s: bad offer: %s", stream_id, exc)
             return error(400, str(exc))
