@@ -1,13 +1,27 @@
-"""Size-or-deadline batching of requests from all streams into worker jobs.
+"""Size-or-deadline batching of requests from all streams into worker jobs, fair per stream.
 
-A :class:`Batcher` is one lane (face detection, or one detector). Requests wait in a
-bounded FIFO; a batch is released when ``max_batch`` requests are waiting or the oldest
-has waited ``max_wait_s``, whichever comes first, and at most ``max_inflight`` batches
-are on the worker at a time — while they run, new requests accumulate, so batches grow
-with load instead of piling up jobs. When more than ``max_pending`` requests wait, the
-oldest is shed: its future fails with :class:`Shed` and ``on_shed`` is called (the
-caller counts it), which keeps latency bounded under overload (live video: the newest
-frames matter most).
+A :class:`Batcher` is one lane (face detection, or one detector) shared by every stream.
+Its contract:
+
+* **Per-stream FIFO.** Requests are keyed by ``key(request)`` (default: the request's
+  ``stream_id``; requests without one share a single queue) and each key has its own FIFO.
+  A stream's requests run in submission order, within a batch and across batches — the
+  face lane relies on it (a stream's tracker must see its frames in order).
+* **Size or deadline.** A batch is released when ``max_batch`` requests wait in total, or
+  when the oldest waiting request *overall* has waited ``max_wait_s``, whichever comes
+  first. At most ``max_inflight`` batches are on the worker at a time; while they run,
+  new requests accumulate, so batches grow with load instead of piling up jobs.
+* **Round-robin across streams.** A batch takes one request from each waiting stream in
+  turn, and the turn continues where the previous batch stopped: with at most
+  ``max_batch`` busy streams every stream with work has a request in every batch, and
+  with more each waits at most ``ceil(streams / max_batch)`` batches. One stream with a
+  deep backlog fills only the slots the others leave empty.
+* **Shedding the busiest stream.** When more than ``max_pending`` requests wait, the
+  oldest request of the stream with the most waiting (ties: the one whose oldest request
+  is oldest) is shed: its future fails with :class:`Shed` and ``on_shed(request)`` is
+  called, so the caller counts it per stream and stage. A flooding stream sheds its own
+  backlog (oldest first: for live video the newest frames matter most) and cannot push
+  the other streams' work out; latency stays bounded because the pending total does.
 
 Everything here runs on the asyncio loop; only ``run_batch`` runs on the worker thread.
 """
@@ -18,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Callable, Generic, Hashable, NamedTuple, Sequence, TypeVar
 
 from .worker import InferenceWorker
 
@@ -32,13 +46,25 @@ class Shed(Exception):
     """The request was dropped under overload before it ran."""
 
 
+def stream_of(request: object) -> Hashable:
+    """The default fairness key: the request's ``stream_id`` (``None`` when it has none)."""
+    return getattr(request, "stream_id", None)  # type: ignore[no-any-return]
+
+
+class _Waiting(NamedTuple, Generic[Req, Res]):
+    request: Req
+    future: "asyncio.Future[Res]"
+    since: float  # time.monotonic() at submit
+
+
 class Batcher(Generic[Req, Res]):
     """One batching lane feeding ``run_batch`` (executed on the worker thread)."""
 
     def __init__(self, name: str, worker: InferenceWorker, run_batch: Callable[[list[Req]], Sequence[Res]], *,
                  max_batch: int = 8, max_wait_s: float = 0.05, max_pending: int = 256, max_inflight: int = 1,
                  on_batch: Callable[[int, float], None] | None = None,
-                 on_shed: Callable[[Req], None] | None = None) -> None:
+                 on_shed: Callable[[Req], None] | None = None,
+                 key: Callable[[Req], Hashable] = stream_of) -> None:
         if max_batch < 1 or max_pending < max_batch or max_inflight < 1 or max_wait_s < 0:
             raise ValueError(f"bad batcher settings for {name}")
         self.name = name
@@ -50,7 +76,12 @@ class Batcher(Generic[Req, Res]):
         self.max_inflight = max_inflight
         self._on_batch = on_batch
         self._on_shed = on_shed
-        self._pending: deque[tuple[Req, asyncio.Future[Res], float]] = deque()
+        self._key = key
+        self._queues: dict[Hashable, deque[_Waiting[Req, Res]]] = {}
+        # Keys with waiting requests, in turn order: the head contributes first to the next batch.
+        # Invariant: a key is in the ring exactly when its queue exists (and is non-empty).
+        self._ring: deque[Hashable] = deque()
+        self._total = 0
         self._inflight = 0
         self._timer: asyncio.TimerHandle | None = None
         self.batches = 0
@@ -58,54 +89,94 @@ class Batcher(Generic[Req, Res]):
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Requests waiting, all streams together."""
+        return self._total
 
     def submit(self, request: Req) -> "asyncio.Future[Res]":
         """Queue a request; the returned future resolves with its result (or :class:`Shed`)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Res] = loop.create_future()
-        self._pending.append((request, fut, time.monotonic()))
-        while len(self._pending) > self.max_pending:
-            old, old_fut, _ = self._pending.popleft()
-            self.shed += 1
-            if not old_fut.done():
-                old_fut.set_exception(Shed(f"{self.name}: shed under overload"))
-            if self._on_shed is not None:
-                self._on_shed(old)
+        k = self._key(request)
+        queue = self._queues.get(k)
+        if queue is None:
+            queue = self._queues[k] = deque()
+            self._ring.append(k)  # a newly busy stream takes its turn after those already waiting
+        queue.append(_Waiting(request, fut, time.monotonic()))
+        self._total += 1
+        while self._total > self.max_pending:
+            self._shed_one()
         self._schedule()
         return fut
 
+    def _shed_one(self) -> None:
+        # The busiest stream pays; among equals, the one holding the oldest request. O(streams),
+        # and only under overload.
+        k = max(self._queues, key=lambda s: (len(self._queues[s]), -self._queues[s][0].since))
+        old = self._pop(k)
+        self.shed += 1
+        if not old.future.done():
+            old.future.set_exception(Shed(f"{self.name}: shed under overload"))
+        if self._on_shed is not None:
+            self._on_shed(old.request)
+
+    def _pop(self, k: Hashable) -> _Waiting[Req, Res]:
+        """The oldest request of ``k``; forgets the key when its queue empties."""
+        queue = self._queues[k]
+        item = queue.popleft()
+        self._total -= 1
+        if not queue:
+            del self._queues[k]
+            self._ring.remove(k)
+        return item
+
+    def _oldest_since(self) -> float:
+        return min(q[0].since for q in self._queues.values())
+
     def _schedule(self) -> None:
-        if not self._pending or self._inflight >= self.max_inflight:
+        if not self._total or self._inflight >= self.max_inflight:
             return
-        if len(self._pending) >= self.max_batch:
+        if self._total >= self.max_batch:
             self._release()
             return
         if self._timer is None:
-            waited = time.monotonic() - self._pending[0][2]
+            waited = time.monotonic() - self._oldest_since()
             delay = max(0.0, self.max_wait_s - waited)
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
 
     def _on_deadline(self) -> None:
         self._timer = None
-        if self._pending and self._inflight < self.max_inflight:
+        if self._total and self._inflight < self.max_inflight:
             self._release()
         else:
             self._schedule()
+
+    def _take(self) -> list[_Waiting[Req, Res]]:
+        """Up to ``max_batch`` requests, one per stream in turn, resuming where the last batch stopped."""
+        batch: list[_Waiting[Req, Res]] = []
+        while self._ring and len(batch) < self.max_batch:
+            k = self._ring.popleft()
+            queue = self._queues[k]
+            batch.append(queue.popleft())
+            self._total -= 1
+            if queue:
+                self._ring.append(k)
+            else:
+                del self._queues[k]
+        return batch
 
     def _release(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
-        live = [(r, f) for r, f, _ in batch if not f.cancelled()]
+        live = [w for w in self._take() if not w.future.cancelled()]
         if not live:
             self._schedule()
             return
         self._inflight += 1
-        requests = [r for r, _ in live]
+        requests = [w.request for w in live]
+        futures = [w.future for w in live]
         job = asyncio.wrap_future(self._worker.submit(lambda: self._timed(requests)))
-        job.add_done_callback(lambda j: self._finish(j, live))
+        job.add_done_callback(lambda j: self._finish(j, futures))
 
     def _timed(self, requests: list[Req]) -> tuple[list[Res], float]:
         # Runs on the worker thread: measure compute time, not time spent queued.
@@ -113,27 +184,26 @@ class Batcher(Generic[Req, Res]):
         results = list(self._run_batch(requests))
         return results, time.perf_counter() - t0
 
-    def _finish(self, job: "asyncio.Future[tuple[list[Res], float]]",
-                live: list[tuple[Req, asyncio.Future[Res]]]) -> None:
+    def _finish(self, job: "asyncio.Future[tuple[list[Res], float]]", futures: list["asyncio.Future[Res]"]) -> None:
         self._inflight -= 1
         self.batches += 1
         exc = job.exception()
         if exc is not None:
-            log.error("%s batch of %d failed: %r", self.name, len(live), exc)
-            for _, fut in live:
+            log.error("%s batch of %d failed: %r", self.name, len(futures), exc)
+            for fut in futures:
                 if not fut.done():
                     fut.set_exception(exc)
         else:
             results, seconds = job.result()
             if self._on_batch is not None:
-                self._on_batch(len(live), seconds)
-            if len(results) != len(live):
-                err = RuntimeError(f"{self.name}: {len(results)} results for {len(live)} requests")
-                for _, fut in live:
+                self._on_batch(len(futures), seconds)
+            if len(results) != len(futures):
+                err = RuntimeError(f"{self.name}: {len(results)} results for {len(futures)} requests")
+                for fut in futures:
                     if not fut.done():
                         fut.set_exception(err)
             else:
-                for (_, fut), res in zip(live, results):
+                for fut, res in zip(futures, results):
                     if not fut.done():
                         fut.set_result(res)
         self._schedule()
@@ -143,7 +213,7 @@ class Batcher(Generic[Req, Res]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._pending:
-            _, fut, _ = self._pending.popleft()
+        while self._ring:
+            fut = self._pop(self._ring[0]).future
             if not fut.done():
                 fut.set_exception(Shed(reason))

@@ -14,6 +14,15 @@ sharing one thread would stall face detection and CADDM behind them; with a thre
 lane the cheap lanes keep flowing while the heavy ones compute (and shed what they cannot
 keep up with). The clip detectors' threads also run at a lower CPU priority (nice 10), so
 face detection and per-frame scoring get the cores first. ``auto`` picks by device.
+
+Every lane is a :class:`~stream_monitor.inference.batcher.Batcher` keyed by stream:
+batches mix streams round-robin, and under overload a lane sheds the oldest request of
+its busiest stream, counted as ``frames_dropped_total{stream, stage}`` (stage ``faces``
+or ``window_<detector>``), so one flooding stream cannot starve the others.
+
+Precision (``detectors.precision``) is applied by the runners (autocast, and
+channels-last on CUDA; see :mod:`stream_monitor.inference.runners`); ``fp16`` without
+CUDA falls back to fp32 with a warning, so one config serves GPU and CPU hosts.
 """
 
 from __future__ import annotations
@@ -92,6 +101,11 @@ class Engine:
         if dcfg.random_weights:
             log.warning("RANDOM WEIGHTS: detectors are untrained; scores are meaningless and every alert says "
                         "\"calibrated\": false")
+        precision = dcfg.precision
+        if precision == "fp16" and self.device.type != "cuda":
+            log.warning("detectors.precision fp16 needs CUDA; running fp32 on %s (bf16 also runs on a CPU)",
+                        self.device)
+            precision = "fp32"
         for detector in dcfg.enabled:
             det_cfg = dcfg.detector(detector)
             name = model_name(detector, dcfg)
@@ -104,9 +118,11 @@ class Engine:
             assert isinstance(card, models.ModelCard)
             spec = window_spec(detector, card, det_cfg.sample_fps, det_cfg.window_len, det_cfg.window_stride)
             fingerprint = model_fingerprint(name, weights.files if weights else ())
-            self.runners[detector] = RUNNERS[detector](detector, model, card, fingerprint, spec, self.device)
-            log.info("detector %s: %s on %s, window %d/%d at %s fps", detector, self.runners[detector].model_id,
-                     self.device, spec.window_len, spec.stride, spec.sample_fps or "every")
+            self.runners[detector] = RUNNERS[detector](detector, model, card, fingerprint, spec, self.device,
+                                                       precision)
+            log.info("detector %s: %s on %s (%s), window %d/%d at %s fps", detector,
+                     self.runners[detector].model_id, self.device, precision, spec.window_len, spec.stride,
+                     spec.sample_fps or "every")
         self.face_detector = create_detector(self.cfg.faces, self.device)
 
     @property

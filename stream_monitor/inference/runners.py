@@ -16,13 +16,29 @@ per clip. What is computed once per frame and cached on the window items
   frame belongs to exactly one window and is encoded once; overlapping windows
   (stride < 32) re-fit and re-encode every frame, which is the exact behaviour (reusing
   latents across different transforms would silently depart from training).
+
+Precision (``detectors.precision``): ``fp32`` (default) runs as loaded; ``bf16`` and
+``fp16`` wrap each model forward in ``torch.autocast(device.type, dtype)`` — convolutions
+and matrix products in the lower precision, reductions and softmax as autocast keeps them.
+Preprocessing (Pillow-exact resize, normalisation) stays outside autocast, and every
+result is returned (and cached: pSp latents, CADDM probabilities) in float32. ``fp16``
+needs CUDA (a runner refuses it elsewhere); ``bf16`` also runs on a CPU, but a CPU without
+native bf16 instructions emulates it and is slower than fp32 (4–20× on the 2-core dev
+box), so there it is for parity checks — the speed-up is a GPU matter. Tolerance: on the
+golden parity inputs (``tests/models/data``), autocast probabilities stay within
+``AUTOCAST_TOLERANCE`` (|Δp| ≤ 0.02) of fp32 for every detector; the measured worst case
+on the CPU in bf16 is 0.006 (CADDM-B3), see ``tests/stream_monitor/test_precision.py``.
+On CUDA the 2D convolution models (CADDM, StyleFlow's pSp encoder) also run
+``channels_last`` (NHWC, what tensor-core convolutions want); on a CPU the layout stays
+as loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, ClassVar, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -35,12 +51,30 @@ from ..types import Clip, WindowItem
 from ..windows import WindowSpec
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+_AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Largest |p_autocast - p_fp32| accepted on the golden parity inputs (see the module docstring).
+AUTOCAST_TOLERANCE = 0.02
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    """The context the runners wrap model forwards in: nothing for ``fp32``, else
+    ``torch.autocast`` to bf16/fp16 on ``device``. ``fp16`` off CUDA is a ``ValueError``
+    (CPU fp16 kernels are partial and slow; bf16 is the CPU's reduced precision)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device, not {device.type} (use bf16 or fp32)")
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 class DetectorRunner(Protocol):
     name: str
     card: ModelCard
     model_id: str
     spec: WindowSpec
     aligner: Aligner
+    precision: Precision
 
     def run(self, clips: Sequence[Clip]) -> list[float]: ...
 
@@ -53,10 +87,27 @@ class _Base:
     model_id: str
     spec: WindowSpec
     device: torch.device
+    precision: Precision = "fp32"
+    # The model's 2D-convolution part runs channels_last on CUDA (the runner's _conv_part).
+    channels_last_convs: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.aligner = Aligner(self.card.template)
         self.frames_computed = 0  # per-frame work actually done (cache misses), for tests/benchmarks
+        autocast(self.device, self.precision)  # refuse an impossible precision now, not at the first batch
+        self.channels_last = self.channels_last_convs and self.device.type == "cuda"
+        if self.channels_last:
+            self._conv_part().to(memory_format=torch.channels_last)
+
+    def _conv_part(self) -> torch.nn.Module:
+        return self.model  # type: ignore[no-any-return]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return autocast(self.device, self.precision)
+
+    def _conv_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W]`` input of the conv part, in the layout its weights use."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def run(self, clips: Sequence[Clip]) -> list[float]:
         """One fake probability per clip (worker thread)."""
@@ -72,6 +123,8 @@ class _Base:
 class PerFrameRunner(_Base):
     """Per-frame models (CADDM): score uncached frames once; window = mean of its frames."""
 
+    channels_last_convs = True
+
     def run(self, clips: Sequence[Clip]) -> list[float]:
         todo: dict[int, WindowItem] = {}
         for clip in clips:
@@ -80,8 +133,9 @@ class PerFrameRunner(_Base):
                     todo[id(item)] = item
         if todo:
             items = list(todo.values())
-            x = self.card.preprocess(self._to_device(np.stack([it.patch for it in items])))
-            probs = self.model(x).float().cpu().tolist()
+            x = self._conv_input(self.card.preprocess(self._to_device(np.stack([it.patch for it in items]))))
+            with self._autocast():
+                probs = self.model(x).float().cpu().tolist()
             for item, p in zip(items, probs):
                 item.cache[self.name] = float(p)
             self.frames_computed += len(items)
@@ -94,11 +148,18 @@ class ClipRunner(_Base):
     def run(self, clips: Sequence[Clip]) -> list[float]:
         crops = np.stack([self.aligner.clip_crops(clip.items) for clip in clips])
         x = self.card.preprocess(self._to_device(crops))
-        return [float(p) for p in self.model(x).float().cpu().tolist()]
+        with self._autocast():
+            probs = self.model(x)
+        return [float(p) for p in probs.float().cpu().tolist()]
 
 
 class StyleFlowRunner(_Base):
     """StyleFlow: per-clip alignment, pSp latents cached per (frame, clip transform)."""
+
+    channels_last_convs = True  # the pSp encoder; the content branch's convolutions are 3D
+
+    def _conv_part(self) -> torch.nn.Module:
+        return self.model.psp  # type: ignore[no-any-return]
 
     def run(self, clips: Sequence[Clip]) -> list[float]:
         latents, videos = [], []
@@ -114,13 +175,17 @@ class StyleFlowRunner(_Base):
                     missing.setdefault(id(it), i)
             if missing:
                 rows = list(missing.values())
-                codes = self.model.encode_frames(frames[rows])
+                with self._autocast():
+                    # float32 in the cache: the style flow subtracts neighbouring frames'
+                    # latents, which must not happen in bf16/fp16.
+                    codes = self.model.encode_frames(self._conv_input(frames[rows])).float()
                 for i, code in zip(rows, codes):
                     clip.items[i].cache[key] = code
                 self.frames_computed += len(rows)
             latents.append(torch.stack([it.cache[key] for it in clip.items]))
             videos.append(self.model.content_input(frames).transpose(0, 1))  # [3, T, s, s]
-        probs = self.model.forward_from_latents(torch.stack(latents), torch.stack(videos))
+        with self._autocast():
+            probs = self.model.forward_from_latents(torch.stack(latents), torch.stack(videos))
         return [float(p) for p in probs.float().cpu().tolist()]
 
 

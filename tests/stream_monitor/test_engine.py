@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 from skimage import data
 
 from stream_monitor.config import load_config
+from stream_monitor.inference.batcher import Shed
 from stream_monitor.inference.engine import Engine
-from stream_monitor.inference.runners import PerFrameRunner
+from stream_monitor.inference.runners import PerFrameRunner, StyleFlowRunner, _Base
 from stream_monitor.metrics import Metrics
 from stream_monitor.types import Clip, Frame
 from tests.support.small import small_config
@@ -69,6 +71,18 @@ def test_frames_to_windows_to_scores() -> None:
     assert all(0.0 <= s <= 1.0 for s in scores)
 
 
+def _from_scratch(runner: _Base, clips: list[Clip]) -> tuple[list[float], int]:
+    """Each window scored alone by a fresh runner (same model) on a fresh copy of every item
+    (a padded window's repeats included) with an empty cache: nothing is reused, within a
+    window or across windows. → (scores, frames computed)."""
+    fresh = type(runner)(runner.name, runner.model, runner.card, runner.model_id, runner.spec, runner.device)
+    scores = []
+    for clip in clips:
+        items = tuple(dataclasses.replace(it, cache={}) for it in clip.items)
+        scores += fresh.run([dataclasses.replace(clip, items=items)])
+    return scores, fresh.frames_computed
+
+
 def test_per_frame_results_are_cached_across_overlapping_windows() -> None:
     engine = _engine(detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 4,
                                                                 "window_stride": 2}})
@@ -90,10 +104,42 @@ def test_per_frame_results_are_cached_across_overlapping_windows() -> None:
                 x = runner.card.preprocess(np.stack([it.patch for it in c.items]))
                 fresh.append(float(runner.model(x).mean()))
         np.testing.assert_allclose(scores, fresh, rtol=0, atol=1e-6)
+        scratch, computed = _from_scratch(runner, clips)
+        np.testing.assert_allclose(scores, scratch, rtol=0, atol=1e-6)
+        assert computed == 12, "from scratch, the 4 frames shared by two windows are scored twice"
         return scores
 
     asyncio.run(main())
     assert runner.frames_computed == 8, "each frame is scored once although windows overlap"
+
+
+def test_styleflow_latents_are_computed_once_per_frame_and_reused() -> None:
+    # The card's windows: 32 frames, stride 32 (non-overlapping, one clip transform each).
+    # Stream a: 64 frames, two full windows. Stream b: a 20-frame track, one final window
+    # reflect-padded to 32 (12 slots repeat earlier items and reuse their latents).
+    engine = _engine(detectors={"enabled": ["styleflow"], "styleflow": {"sample_fps": "all"}})
+    runner = engine.runners["styleflow"]
+    assert isinstance(runner, StyleFlowRunner)
+
+    async def main() -> tuple[list[Clip], list[float]]:
+        await engine.start()
+        clips: list[Clip] = []
+        for stream, n in (("a", 64), ("b", 20)):
+            await engine.open_stream(stream)
+            analyses = await asyncio.gather(*(engine.analyse(f) for f in _frames(stream, n)))
+            clips += [c for a in analyses for c in a.clips] + (await engine.close_stream(stream)).clips
+        scores = list(await asyncio.gather(*(engine.score(c) for c in clips)))
+        await engine.stop()
+        return clips, scores
+
+    clips, scores = asyncio.run(main())
+    assert [([it.seq for it in c.items], c.padded) for c in clips[:2]] == [(list(range(32)), 0),
+                                                                        (list(range(32, 64)), 0)]
+    assert clips[2].stream_id == "b" and clips[2].final and clips[2].padded == 12
+    assert runner.frames_computed == 64 + 20, "each frame is encoded once, a padded window's repeats reuse it"
+    scratch, computed = _from_scratch(runner, clips)
+    assert computed == 3 * 32, "from scratch every slot is encoded"
+    np.testing.assert_allclose(scores, scratch, rtol=0, atol=1e-5)
 
 
 def test_streams_share_batches() -> None:
@@ -115,6 +161,34 @@ def test_streams_share_batches() -> None:
     hist = engine.metrics.registry.get_sample_value("stream_monitor_inference_batch_size_sum", {"detector": "caddm"})
     count = engine.metrics.registry.get_sample_value("stream_monitor_inference_batch_size_count", {"detector": "caddm"})
     assert hist == 3 and count == 1, "three streams' windows go in one batch"
+
+
+def test_a_flooded_lane_sheds_the_busiest_streams_oldest_and_counts_them() -> None:
+    engine = _engine(detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 2,
+                                                                "window_stride": 2, "batch_size": 1}})
+
+    async def main() -> tuple[list[object], list[object]]:
+        await engine.start()
+        await engine.open_stream("a")
+        [clip] = [c for a in await asyncio.gather(*(engine.analyse(f) for f in _frames("a", 2))) for c in a.clips]
+        # Submitted without yielding to the loop: the first runs, the rest wait in the lane
+        # (at most max(32, 8 x batch_size) = 32 of them).
+        a = [engine.score(clip) for _ in range(41)]
+        b = [engine.score(dataclasses.replace(clip, stream_id="b")) for _ in range(2)]
+        results = await asyncio.gather(*a, return_exceptions=True), await asyncio.gather(*b, return_exceptions=True)
+        await engine.stop()
+        return list(results[0]), list(results[1])
+
+    a, b = asyncio.run(main())
+    # 42 waiting for 32 places: the 10 shed are stream a's oldest waiting windows (the one
+    # already running is not shed); b's windows all run.
+    assert [isinstance(r, Shed) for r in a] == [False] + [True] * 10 + [False] * 30
+    assert not any(isinstance(r, Shed) for r in b)
+
+    def dropped(stream: str) -> float | None:
+        return engine.metrics.registry.get_sample_value("stream_monitor_frames_dropped_total",
+                                                        {"stream": stream, "stage": "window_caddm"})
+    assert dropped("a") == 10 and dropped("b") is None
 
 
 def test_missing_weights_name_the_files(tmp_path: object) -> None:
