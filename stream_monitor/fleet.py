@@ -160,6 +160,7 @@ class Fleet:
         self._wake = asyncio.Event()
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: set[asyncio.Task[None]] = set()
         # Socket timeout well inside the TTL: a hung call must not outlive the lease by much
         # (the watchdog does not wait for it either way).
         self._timeout_s = min(2.0, self.ttl_s / 4)
@@ -277,7 +278,9 @@ class Fleet:
         for stream_id, lease in list(self._leases.items()):
             if lease.desired and stream_id not in desired and lease.stopping is None:
                 lease.stopping = "deleted"
-                asyncio.create_task(self._stop_local(stream_id))
+                stopping = asyncio.create_task(self._stop_local(stream_id))
+                self._stopping.add(stopping)  # the loop keeps only weak references to tasks
+                stopping.add_done_callback(self._stopping.discard)
         ids = sorted(desired)
         owners = cast(list[Optional[str]], await r.mget([self.lease_key(i) for i in ids])) if ids else []
         unassigned = [i for i, owner in zip(ids, owners) if owner is None]
