@@ -58,13 +58,29 @@ class TrackConfig(_Section):
 
 
 class FacesConfig(_Section):
+    """Face detection and tracking.
+
+    ``detect_fps``: which frames go to face detection. ``"auto"``: only those some enabled
+    detector samples (every frame when one takes every frame, e.g. StyleFlow); ``"all"``:
+    every decoded frame; a number: at least that many per second (denser tracking between
+    sparse samples) plus every frame a detector samples (:class:`~stream_monitor.windows.DetectionGate`).
+    """
+
     backend: Literal["mtcnn", "scrfd"] = "mtcnn"
     scrfd_model: Path | None = None
     min_confidence: float = Field(0.95, ge=0, le=1)
     min_size: int = Field(40, ge=8)
     max_faces: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
+    detect_fps: float | Literal["auto", "all"] = "auto"
     track: TrackConfig = TrackConfig()
+
+    @field_validator("detect_fps")
+    @classmethod
+    def _positive_rate(cls, v: float | str) -> float | str:
+        if isinstance(v, (int, float)) and v <= 0:
+            raise ValueError("detect_fps must be positive (or 'auto' or 'all')")
+        return v
 
     @model_validator(mode="after")
     def _scrfd_needs_a_model(self) -> "FacesConfig":

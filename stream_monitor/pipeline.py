@@ -2,7 +2,10 @@
 
 ``on_frame`` submits each frame to the engine and returns at once unless
 ``max_inflight`` frames are already in the engine (then it waits: the supervisor's bounded
-buffer drops the oldest frames of a live source meanwhile). Analyses are handled strictly
+buffer drops the oldest frames of a live source meanwhile). A frame that no detector
+samples is skipped by the engine before face detection (``faces.detect_fps``): it takes
+no place in flight, is not counted as analysed, and leaves the operator page's picture
+(the last *analysed* frame, whose faces the page draws) as it was. Analyses are handled strictly
 in frame order by a done-callback chain, so tracks, windows and alert events keep the
 stream's order. A track's end event waits until every window of that track submitted
 before it has been scored (at most ``end_wait_s``), so the final windows can still update
@@ -75,6 +78,8 @@ class StreamPipeline:
         while len(self._inflight) >= self.max_inflight:
             await asyncio.wait({self._inflight[0][1]})
         fut = self.engine.analyse(frame)
+        if fut is None:
+            return  # skipped: no enabled detector samples this frame
         self._inflight.append((frame, fut))
         fut.add_done_callback(lambda _: self._drain())
 

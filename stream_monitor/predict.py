@@ -77,8 +77,11 @@ async def predict_video(engine: Engine, cfg: Config, url: str) -> dict[str, Any]
     try:
         while (item := await queue.get()) is not _END:
             frame: Frame = item
-            analysis = await engine.analyse(frame)
+            pending = engine.analyse(frame)
             frames += 1
+            if pending is None:
+                continue  # no detector samples this frame: not face-detected
+            analysis = await pending
             faces += len(analysis.faces)
             scored += [(clip, engine.score(clip)) for clip in analysis.clips]
         await reader  # re-raises a decode error

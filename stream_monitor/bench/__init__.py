@@ -20,7 +20,8 @@ The report (JSON; ``render_table`` prints the same numbers):
   {detector: {``model``, ``per_frame``, ``per_window``}} (FLOPs); ``faces_per_frame``;
   ``required_per_stream`` {detector or ``faces``: FLOP/s one stream needs at the cards' rates}.
 * ``pipeline`` (ours): ``wall_s``, ``device``, ``streams_sustained`` (count), ``streams``
-  [{``id``, ``source_fps``, ``target_fps``, ``decoded_fps``, ``analysed_fps``, ``dropped`` {stage: frames or
+  [{``id``, ``source_fps``, ``target_fps``, ``detect_fps`` (the face-detection rate the
+  detectors need: see :mod:`.pipeline_run`), ``decoded_fps``, ``analysed_fps``, ``dropped`` {stage: frames or
   windows}, ``sustained``}], ``frames`` {``decoded_per_s``, ``analysed_per_s``, ``dropped``
   {stage: count}}, ``faces`` {``busy_s``, ``batches``, ``mean_batch``}, ``detectors``
   {detector: {``model``, ``sample_fps``, ``window_len``, ``window_stride``,

@@ -138,13 +138,14 @@ def matmul_peak(device: torch.device, repeats: int = 3, min_seconds: float = 0.3
 
 
 def stream_flop_rates(costs: Mapping[str, DetectorFlops], rates: Mapping[str, float], strides: Mapping[str, int],
-                      faces: int, face_flops: float, source_fps: float) -> dict[str, float]:
+                      faces: int, face_flops: float, detect_fps: float) -> dict[str, float]:
     """FLOP/s one stream needs in steady state, per detector and for face detection.
 
     ``rates``: frames per second each detector samples per track; a window is scored
     every ``strides[d]`` sampled frames; ``faces`` tracks per stream; face detection runs
-    on every decoded frame. Per-frame work is counted once per sampled frame (cached).
+    on ``detect_fps`` frames a second (the frames the detectors sample, see
+    ``faces.detect_fps``). Per-frame work is counted once per sampled frame (cached).
     """
     out = {d: faces * (c.per_frame * rates[d] + c.per_window * rates[d] / strides[d]) for d, c in costs.items()}
-    out["faces"] = face_flops * source_fps
+    out["faces"] = face_flops * detect_fps
     return out

@@ -8,10 +8,13 @@ a difference of the two over ``t1 - t0`` wall seconds, so start-up and shutdown 
 windows of ended tracks) are outside the measurement.
 
 Per stream: frames decoded (``frames_received_total``) and analysed (face detection,
-``frames_analysed_total``) per second, drops by stage (``frames_dropped_total``). A stream
-is **sustained in real time** when its analysed rate is at least 0.9 × the target rate
-(the source's, or ``ingest.max_fps`` where the config decimates below it) and nothing of
-it was dropped at ingest or face detection.
+``frames_analysed_total``) per second, drops by stage (``frames_dropped_total``). Face
+detection runs only on the frames the detectors sample (``faces.detect_fps``), so the
+rate it should reach, ``detect_fps``, is found by running the engine's own
+:class:`~stream_monitor.windows.DetectionGate` over a minute of timestamps at the target
+rate (the source's, or ``ingest.max_fps`` where the config decimates below it). A stream
+is **sustained in real time** when its analysed rate is at least 0.9 × ``detect_fps``
+and nothing of it was dropped at ingest or face detection.
 
 Per detector: windows scored per second (``windows_scored_total``), windows dropped
 (stage ``window_<detector>``), per-frame passes actually computed (the runner's
@@ -57,6 +60,7 @@ from ..alerts.publisher import FanOut
 from ..app import Monitor
 from ..config import Config
 from ..metrics import Metrics
+from ..windows import DetectionGate
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +161,22 @@ class PipelineMeasurement:
     c1: Counters
     streams: list[str]
     source_fps: float
-    target_fps: float  # frames per second meant to be analysed: the source's, or ingest.max_fps below it
+    target_fps: float  # frames per second delivered: the source's, or ingest.max_fps below it
     lanes: dict[str, DetectorLane]
     latencies: list[float]
     device: str
     shared_worker: bool
     faces: int
     gpu_utilization: list[float] = field(default_factory=list)
+    detect_fps: float | None = None  # frames per second meant to be face-detected (None: target_fps)
 
     @property
     def wall_s(self) -> float:
         return self.c1.t - self.c0.t
+
+    @property
+    def detect_rate(self) -> float:
+        return self.target_fps if self.detect_fps is None else self.detect_fps
 
     def rate_of(self, detector: str) -> float:
         """Frames per second a track is sampled at for ``detector`` (capped at the analysed rate)."""
@@ -183,10 +192,10 @@ class PipelineMeasurement:
             dropped = {stage: _delta(c0.dropped, c1.dropped, (sid, stage)) for stage in stages}
             decoded = _delta(c0.received, c1.received, sid) / wall
             analysed = _delta(c0.analysed, c1.analysed, sid) / wall
-            sustained = (analysed >= SUSTAINED_FRACTION * self.target_fps
+            sustained = (analysed >= SUSTAINED_FRACTION * self.detect_rate
                          and dropped.get("ingest", 0.0) == 0 and dropped.get("faces", 0.0) == 0)
             streams.append({"id": sid, "source_fps": self.source_fps, "target_fps": self.target_fps,
-                            "decoded_fps": decoded, "analysed_fps": analysed, "dropped": dropped,
+                            "detect_fps": self.detect_rate, "decoded_fps": decoded, "analysed_fps": analysed, "dropped": dropped,
                             "sustained": sustained})
         busy = sum(_delta(c0.busy_s, c1.busy_s, lane) for lane in c1.busy_s)
         all_sustained = all(s["sustained"] for s in streams)
@@ -239,6 +248,12 @@ class PipelineMeasurement:
         }
 
 
+def gate_rate(gate: DetectionGate, fps: float, seconds: float = 60.0) -> float:
+    """Frames per second ``gate`` admits of a steady ``fps`` source (simulated timestamps)."""
+    n = int(round(seconds * fps))
+    return sum(gate.admit(i / fps) is not None for i in range(n)) / seconds
+
+
 async def _sample_gpu(device: torch.device, out: list[float], period_s: float = 0.5) -> None:
     """NVML utilisation (percent) every ``period_s`` until cancelled; stops quietly without NVML."""
     while True:
@@ -277,9 +292,11 @@ async def run_pipeline(cfg: Config, urls: list[str], source_fps: float, faces: i
         lanes = {d: DetectorLane(r.model_id, r.spec.sample_fps, r.spec.window_len, r.spec.stride)
                  for d, r in monitor.engine.runners.items()}
         latencies = [lat for t, lat in recorder.samples if c0.t <= t <= c1.t]
+        target = min(source_fps, cfg.ingest.max_fps or source_fps)
+        detect = gate_rate(monitor.engine.detection_gate(), target)
         label = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
     finally:
         await monitor.stop(grace=stop_grace_s)
-    target = min(source_fps, cfg.ingest.max_fps or source_fps)
     return PipelineMeasurement(c0, c1, ids, source_fps, target, lanes, latencies, label,
-                               bool(getattr(monitor.engine, "shared_worker", device.type == "cuda")), faces, gpu)
+                               bool(getattr(monitor.engine, "shared_worker", device.type == "cuda")), faces, gpu,
+                               detect)

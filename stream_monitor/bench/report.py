@@ -62,7 +62,7 @@ def build_report(meta: dict[str, Any], scenario: dict[str, Any], peak: MatmulPea
     lanes = measurement.lanes
     rates = {d: measurement.rate_of(d) for d in lanes}
     required = stream_flop_rates(costs, rates, {d: lanes[d].stride for d in lanes}, int(scenario["faces"]),
-                                 face_flops, measurement.target_fps)
+                                 face_flops, measurement.detect_rate)
     flops = {
         "peak": {"flops_per_s": peak.flops_per_s, "dtype": peak.dtype, "n": peak.n, "device": peak.device},
         "per_unit": {d: {"model": c.model, "per_frame": c.per_frame, "per_window": c.per_window}

@@ -2,6 +2,12 @@
 
 A face missed for up to ``max_missed`` consecutive analysed frames keeps its track id (a
 blink of the detector); a face that matches no live track starts a new id (a new person).
+``max_missed`` counts analysed frames (face-detection passes), not decoded frames or
+seconds, deliberately: a detector's blink is an event per pass, and face detection runs
+only at the rate the detectors sample (``faces.detect_fps``: 8 fps for CADDM, 1.875 fps
+for StA alone), so the same count tolerates a proportionally longer gap (3 misses: 0.375 s,
+1.6 s) where a time budget scaled from 30 fps (0.1 s) would end a track on its first miss
+and restart its windows. The cost is a later end event at sparse rates.
 
 Matching, per frame: each live track predicts its box from its last velocity (in pixels
 per second of stream time when timestamps are given, so irregular gaps between analysed

@@ -2,8 +2,11 @@
 
 One :class:`StreamAnalysis` per stream, owned by the inference worker thread (it runs right
 after the face-detection batch that produced its input, so the asyncio loop never warps
-images). For every tracked face it asks the window bank which detectors sample this
-frame, cuts each such detector's patch (aligned crop or context region) and pushes it;
+images). Frames reach it only when the stream's :class:`~stream_monitor.windows.DetectionGate`
+admitted them (the engine skips the rest before face detection), with the set of detectors
+whose stream-level sampler takes the frame. For every tracked face it asks the window bank
+which detectors sample this frame (that set, or the track's own samplers when every frame
+is analysed), cuts each such detector's patch (aligned crop or context region) and pushes it;
 full windows and the final windows of ended tracks come back as clips.
 """
 
@@ -41,11 +44,13 @@ class StreamAnalysis:
         self.tracker = FaceTracker(iou_threshold=iou_threshold, max_missed=max_missed)
         self.bank = WindowBank(stream_id, [r.spec for r in runners.values()])
 
-    def process(self, frame: Frame, faces: list[FaceObs]) -> FrameAnalysis:
+    def process(self, frame: Frame, faces: list[FaceObs], due: frozenset[str] | None = None) -> FrameAnalysis:
+        """Track ``faces`` and window them. ``due``: the detectors the stream-level gate chose
+        for this frame (``None``: each track's own samplers decide)."""
         tracked, ended = self.tracker.update(faces, frame.pts)
         clips: list[Clip] = []
         for face in tracked:
-            for detector in self.bank.sample(face.track_id, frame.pts):
+            for detector in self.bank.sample(face.track_id, frame.pts, due):
                 patch, origin = self.runners[detector].aligner.patch(frame.image, face.obs)
                 item = WindowItem(frame.seq, frame.pts, frame.arrival, face.obs.box, face.obs.points, patch, origin)
                 clip = self.bank.push(face.track_id, detector, item)

@@ -2,8 +2,12 @@
 face detection and for every detector, shared by all streams.
 
 ``analyse(frame)`` → face detection (batched across streams) and, on the worker thread
-right after it, the stream's tracking/windowing (:class:`StreamAnalysis`);
-``score(clip)`` → the clip's detector lane. Both return asyncio futures that fail with
+right after it, the stream's tracking/windowing (:class:`StreamAnalysis`), or ``None``
+at once for a frame that no enabled detector samples (``faces.detect_fps``, the stream's
+:class:`~stream_monitor.windows.DetectionGate`): face detection runs at the rate the
+detectors need (CADDM's 8 fps, StA's 1.875 fps), not at the source's. Such a frame is
+skipped, not dropped: it is in neither ``frames_analysed_total`` nor ``frames_dropped_total``.
+``score(clip)`` → the clip's detector lane. The futures of both fail with
 :class:`~stream_monitor.inference.batcher.Shed` when the lane sheds them under load
 (counted in ``stream_monitor_frames_dropped_total{stage}``).
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,7 +45,7 @@ from ..faces.detect import FaceDetector, create_detector
 from ..metrics import Metrics
 from ..types import Clip, Frame
 from ..weights import model_name, resolve_all
-from ..windows import WindowSpec
+from ..windows import DetectionGate, WindowSpec
 from .analysis import FrameAnalysis, StreamAnalysis
 from .batcher import Batcher
 from .runners import RUNNERS, DetectorRunner, model_fingerprint
@@ -69,6 +74,19 @@ def window_spec(detector: str, card: models.ModelCard, sample_fps: float | str |
                       pad_final=not per_frame)
 
 
+@dataclass(frozen=True)
+class _Detect:
+    """A face-detection request: the frame and the detectors its stream's gate chose
+    (``None``: each track's own samplers decide)."""
+
+    frame: Frame
+    due: frozenset[str] | None
+
+    @property
+    def stream_id(self) -> str:  # the batcher's fairness key and the shed counter's label
+        return self.frame.stream_id
+
+
 class Engine:
     """Models, worker and lanes. Build with :meth:`load` (blocking), then :meth:`start`."""
 
@@ -83,7 +101,8 @@ class Engine:
         self.runners: dict[str, DetectorRunner] = {}
         self.face_detector: FaceDetector | None = None
         self._streams: dict[str, StreamAnalysis] = {}
-        self._faces: Batcher[Frame, FrameAnalysis] | None = None
+        self._gates: dict[str, DetectionGate] = {}  # loop thread only (analyse runs there)
+        self._faces: Batcher[_Detect, FrameAnalysis] | None = None
         self._lanes: dict[str, Batcher[Clip, float]] = {}
 
     @property
@@ -171,13 +190,14 @@ class Engine:
         self.metrics.inference_batch_size.labels(lane).observe(n)
         self.metrics.inference_seconds.labels(lane).observe(seconds)
 
-    def _detect_batch(self, frames: list[Frame]) -> list[FrameAnalysis]:
+    def _detect_batch(self, requests: list[_Detect]) -> list[FrameAnalysis]:
         assert self.face_detector is not None
-        faces = self.face_detector.detect([f.image for f in frames])
+        faces = self.face_detector.detect([r.frame.image for r in requests])
         out = []
-        for frame, found in zip(frames, faces):
+        for request, found in zip(requests, faces):
+            frame = request.frame
             state = self._streams.get(frame.stream_id)
-            out.append(state.process(frame, found) if state is not None
+            out.append(state.process(frame, found, request.due) if state is not None
                        else FrameAnalysis(frame.stream_id, frame.seq, frame.pts))
         return out
 
@@ -191,6 +211,11 @@ class Engine:
             self._streams[stream_id] = StreamAnalysis(stream_id, self.runners, tc.iou_threshold, tc.max_missed)
 
         await self._on_worker(open_)
+        self._gates[stream_id] = self.detection_gate()
+
+    def detection_gate(self) -> DetectionGate:
+        """A fresh gate for one stream: the enabled detectors' rates and ``faces.detect_fps``."""
+        return DetectionGate([r.spec for r in self.runners.values()], self.cfg.faces.detect_fps)
 
     async def close_stream(self, stream_id: str, forget: bool = True) -> FrameAnalysis:
         """End every track of the stream (final windows); ``forget`` drops its state."""
@@ -204,11 +229,19 @@ class Engine:
                 del self._streams[stream_id]
             return result
 
+        if forget:
+            self._gates.pop(stream_id, None)
         return await self._on_worker(close_)  # type: ignore[no-any-return]
 
-    def analyse(self, frame: Frame) -> "asyncio.Future[FrameAnalysis]":
+    def analyse(self, frame: Frame) -> "asyncio.Future[FrameAnalysis] | None":
+        """Face detection and tracking/windowing of ``frame``, or ``None`` when its stream's
+        gate skips it (no detector samples it). Call for every decoded frame, in order."""
         assert self._faces is not None, "start() first"
-        return self._faces.submit(frame)
+        gate = self._gates.get(frame.stream_id)
+        due = gate.admit(frame.pts) if gate is not None else None
+        if gate is not None and due is None:
+            return None
+        return self._faces.submit(_Detect(frame, None if gate is None or gate.every_frame else due))
 
     def score(self, clip: Clip) -> "asyncio.Future[float]":
         return self._lanes[clip.detector].submit(clip)

@@ -75,7 +75,8 @@ def test_bench_command_reports_every_field(tmp_path: Path) -> None:
     assert p["frames"]["decoded_per_s"] > 0 and p["frames"]["analysed_per_s"] > 0
     assert len(p["streams"]) == 1 and 0 <= p["streams_sustained"] <= 1
     stream = p["streams"][0]
-    assert {"id", "source_fps", "decoded_fps", "analysed_fps", "dropped", "sustained"} <= set(stream)
+    assert {"id", "source_fps", "detect_fps", "decoded_fps", "analysed_fps", "dropped", "sustained"} <= set(stream)
+    assert stream["detect_fps"] == 30.0, "StyleFlow takes every frame: every frame is face-detected"
     assert stream["sustained"] == (stream["analysed_fps"] >= 0.9 * 30 and stream["dropped"].get("ingest", 0) == 0
                                    and stream["dropped"].get("faces", 0) == 0)
     assert set(p["detectors"]) == set(DETECTORS)
@@ -128,7 +129,7 @@ def test_stream_flop_rates_follow_the_sampling() -> None:
 
     costs = {"caddm": DetectorFlops("caddm", "m", 10.0, 0.0), "sta": DetectorFlops("sta", "m", 0.0, 800.0)}
     rates = stream_flop_rates(costs, {"caddm": 8.0, "sta": 2.0}, {"caddm": 4, "sta": 4}, faces=2, face_flops=3.0,
-                              source_fps=30.0)
+                              detect_fps=30.0)
     # CADDM: 8 frames/s x 10 x 2 faces; StA: a window per 4 samples at 2/s = 0.5 windows/s x 800 x 2.
     assert rates == {"caddm": 160.0, "sta": 800.0, "faces": 90.0}
 

@@ -225,3 +225,48 @@ def test_worker_threads(threads: str) -> None:
         # Each detector ran on its own thread; the clip detector's at a lower CPU priority.
         assert engine.lane_workers["caddm"].busy_seconds > 0 and engine.lane_workers["sta"].busy_seconds > 0
         assert engine.lane_workers["caddm"].nice == 0 and engine.lane_workers["sta"].nice > 0
+
+
+def _sampled(detect_fps: str, detectors: list[str], n: int) -> tuple[dict[str, list[int]], float, int]:
+    """Run ``n`` frames of a 30 fps face stream through the engine → (sampled seqs per
+    detector, frames face-detected (the face lane's batch items), analyses returned)."""
+    engine = _engine(faces={"detect_fps": detect_fps}, detectors={"enabled": detectors})
+
+    async def main() -> tuple[list[Clip], int]:
+        await engine.start()
+        await engine.open_stream("a")
+        t0 = time.time()  # the face moves 1.5 px a frame (no wrap-around within 150 frames)
+        frames = [Frame("a", i, i / 30, t0 + i / 30, face_frame(i // 2)) for i in range(n)]
+        analyses = []
+        for k in range(0, n, 16):  # a chunk at a time: the face lane holds at most 64 waiting frames
+            analyses += await asyncio.gather(*(fut for f in frames[k:k + 16] if (fut := engine.analyse(f)) is not None))
+        clips = [c for a in analyses for c in a.clips] + (await engine.close_stream("a")).clips
+        await engine.stop()
+        return clips, len(analyses)
+
+    clips, analysed = asyncio.run(main())
+    assert len({c.track_id for c in clips}) == 1
+    seqs = {d: sorted({it.seq for c in clips if c.detector == d for it in c.items}) for d in detectors}
+    detected = engine.metrics.registry.get_sample_value("stream_monitor_inference_batch_size_sum",
+                                                        {"detector": "faces"})
+    return seqs, detected or 0.0, analysed
+
+
+def test_face_detection_runs_only_on_the_frames_the_detectors_sample() -> None:
+    # CADDM at its card's 8 fps and StA at 1.875 fps, 5 s of a 30 fps stream.
+    auto, detected, analysed = _sampled("auto", ["caddm", "sta"], 150)
+    assert detected == analysed == 43, "~8.5 frames/s face-detected, not 30"
+    assert set(np.diff(auto["caddm"])) == {3, 4}, "CADDM: 0.125 s apart (3.75 frames)"
+    assert set(np.diff(auto["sta"])) <= {15, 16, 17} and len(auto["sta"]) == 8, "StA: 0.533 s apart (16 frames)"
+    # The same frames with face detection on every frame: CADDM takes the very same frames; StA
+    # the same number, each within one source frame (it shares CADDM's detections).
+    every, detected_all, _ = _sampled("all", ["caddm", "sta"], 150)
+    assert detected_all == 150
+    assert every["caddm"] == auto["caddm"]
+    assert len(every["sta"]) == len(auto["sta"])
+    assert max(abs(a - b) for a, b in zip(every["sta"], auto["sta"])) == 1
+
+
+def test_styleflow_makes_every_frame_go_through_face_detection() -> None:
+    _, detected, analysed = _sampled("auto", ["caddm", "styleflow"], 40)
+    assert detected == analysed == 40

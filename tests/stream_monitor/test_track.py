@@ -88,3 +88,25 @@ def test_two_faces_do_not_swap_ids() -> None:
     for step in range(1, 6):
         faces, _ = tr.update([_face(300 + 10 * step, 0), _face(10 * step, 0)], step / 10)
         assert {round(f.obs.box[0]) - 10 * step: f.track_id for f in faces} == ids
+
+
+@pytest.mark.parametrize("fps", [8.0, 1.875])
+def test_a_moving_face_keeps_its_id_at_the_gated_detection_rates(fps: float) -> None:
+    """Face detection only on the frames a detector samples (CADDM 8 fps, StA 1.875 fps of a
+    30 fps source): the time-based motion model follows a face moving 0.6 box widths a second,
+    and ``max_missed`` (counted in analysed frames) rides out two missed detections."""
+    from stream_monitor.windows import DetectionGate, WindowSpec
+
+    gate = DetectionGate([WindowSpec("d", 8, 4, fps, 1)])
+    tr = FaceTracker(iou_threshold=0.3, max_missed=2)
+    ids, analysed = set(), 0
+    for i in range(300):
+        t = i / 30
+        if gate.admit(t) is None:
+            continue
+        analysed += 1
+        missed = analysed in (5, 6)  # two detector blinks in a row
+        faces, ended = tr.update([] if missed else [_face(60.0 * t, 0.2 * 60.0 * t)], t)
+        assert not ended
+        ids.update(f.track_id for f in faces)
+    assert ids == {1} and analysed == round(10 * fps)

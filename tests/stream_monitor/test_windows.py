@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_monitor.windows import FrameSampler, TrackWindows, WindowBank, WindowSpec
+from stream_monitor.windows import DetectionGate, FrameSampler, TrackWindows, WindowBank, WindowSpec
 from stream_monitor.types import WindowItem
 
 
@@ -111,3 +111,66 @@ def test_bad_specs_are_refused() -> None:
         WindowSpec("x", 4, 1, -1.0, 1)
     with pytest.raises(ValueError):
         WindowSpec("x", 4, 1, None, 5)
+
+
+CADDM = WindowSpec("caddm", 8, 4, 8.0, 1, pad_final=False)
+STA = WindowSpec("sta", 8, 4, 1.875, 4)
+
+
+def _admitted(gate: DetectionGate, n: int, fps: float = 30.0) -> dict[int, frozenset[str]]:
+    return {i: due for i in range(n) if (due := gate.admit(i / fps)) is not None}
+
+
+def _own(spec: WindowSpec, n: int, fps: float = 30.0) -> list[int]:
+    """The frames a detector's own sampler takes when it sees every frame."""
+    sampler = FrameSampler(spec.sample_fps)
+    return [i for i in range(n) if sampler.accept(i / fps)]
+
+
+def test_gate_admits_only_the_frames_the_detectors_sample() -> None:
+    gate = _admitted(DetectionGate([CADDM, STA]), 300)  # 10 s of a 30 fps source
+    # CADDM's 8 fps; StA's 1.875 fps share CADDM's frames where one is within a frame of
+    # StA's due time, so only a few StA frames add a detection.
+    caddm, sta = ([i for i in gate if d in gate[i]] for d in ("caddm", "sta"))
+    assert len(caddm) == 80 and len(sta) == 19 and len(gate) == 85
+    assert set(gate) == set(caddm) | set(sta)
+    # CADDM's frames are exactly its own sampler's; StA's within one frame of its own sampler's,
+    # spaced 16 +- 1 frames (0.533 s +- one frame interval).
+    assert caddm == _own(CADDM, 300)
+    own = _own(STA, 300)
+    assert len(own) == len(sta) and max(abs(a - b) for a, b in zip(own, sta)) == 1
+    assert sta[:6] == [0, 15, 32, 49, 64, 79] and own[:6] == [0, 16, 32, 48, 64, 80]
+    assert set(np.diff(sta)) == {15, 16, 17} and set(np.diff(caddm)) == {3, 4}
+    # StA alone: every 16th frame, exactly its own sampler's.
+    assert sorted(_admitted(DetectionGate([STA]), 300)) == _own(STA, 300)
+
+
+def test_gate_passes_every_frame_when_a_detector_takes_every_frame_or_all_is_asked() -> None:
+    every = WindowSpec("styleflow", 32, 32, None, 16)
+    for gate in (DetectionGate([CADDM, every]), DetectionGate([CADDM, STA], "all")):
+        assert gate.every_frame and len(_admitted(gate, 60)) == 60
+    # StyleFlow's card rate (30 fps) on a 30 fps source: every frame too, with jitter.
+    styleflow = WindowSpec("styleflow", 32, 32, 30.0, 16)
+    rng = np.random.default_rng(0)
+    gate = DetectionGate([CADDM, styleflow])
+    assert all(gate.admit(i / 30 + rng.uniform(-0.004, 0.004)) is not None for i in range(90))
+
+
+def test_gate_with_a_rate_adds_frames_between_sparse_samples() -> None:
+    admitted = sorted(_admitted(DetectionGate([STA], 4.0), 300))
+    assert set(_own(STA, 300)) <= set(admitted), "every frame StA samples is still analysed"
+    assert max(np.diff(admitted)) <= 11 and 38 <= len(admitted) <= 42, "about 4 fps: at most ~1.5 / 4 s apart"
+    # A rate at or below the detectors' need changes nothing.
+    assert _admitted(DetectionGate([CADDM, STA], 2.0), 300) == _admitted(DetectionGate([CADDM, STA]), 300)
+    with pytest.raises(ValueError):
+        DetectionGate([STA], 0.0)
+    with pytest.raises(ValueError):
+        DetectionGate([STA], "sometimes")
+
+
+def test_bank_follows_the_stream_level_decision() -> None:
+    bank = WindowBank("cam", [CADDM, STA])
+    # A track that appears late takes exactly the detectors the stream chose, on no schedule of its own.
+    assert bank.sample(7, 1.0, frozenset({"sta"})) == ["sta"]
+    assert bank.sample(7, 1.0 + 1 / 30, frozenset({"caddm", "sta"})) == ["caddm", "sta"]
+    assert bank.sample(7, 1.1, frozenset()) == []
