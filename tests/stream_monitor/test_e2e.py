@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import redis.asyncio as aioredis
 
 from stream_monitor.app import Monitor
 from stream_monitor.config import load_config
+from tests.support.polling import until_async
 from tests.support.rtsp import RtspServer
 from tests.support.servers import RedisServer
 from tests.support.schema import check_schema, metric
@@ -33,15 +33,6 @@ async def _stream_alerts(url: str) -> list[dict[str, Any]]:
     finally:
         await client.aclose()
     return [json.loads(fields[b"alert"]) for _, fields in entries]
-
-
-async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -93,8 +84,8 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
             async def enough_alerts() -> bool:
                 return len([a for a in await _stream_alerts(redis.url) if a["stream_id"] == "cam1"]) >= 3
 
-            await _wait_for(enough_alerts, 60, "first alerts in the Redis Stream")
-            await _wait_for(lambda: _true(len(live) >= 3), 10, "alerts on Pub/Sub")
+            await until_async(enough_alerts, 60, "first alerts in the Redis Stream", interval=0.25)
+            await until_async(lambda: _true(len(live) >= 3), 10, "alerts on Pub/Sub", interval=0.25)
 
             # Redis down for 10 s while alerts keep coming.
             before = monitor.metrics.registry.get_sample_value("stream_monitor_alerts_total",
@@ -109,7 +100,7 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
                 return now > before and (monitor.metrics.registry.get_sample_value(
                     "stream_monitor_alerts_pending") or 0) == 0
 
-            await _wait_for(delivered, 30, "the outbox to drain after Redis returned")
+            await until_async(delivered, 30, "the outbox to drain after Redis returned", interval=0.25)
 
             # RTSP server restarted: cam1 reconnects; synth keeps running meanwhile.
             synth_before = monitor.streams["synth"].status()["frames"]
@@ -120,7 +111,7 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
                 st = monitor.streams["cam1"].status()
                 return st["state"] == "up" and st["sessions"] >= 2 and st["frames"] > cam_before + 10
 
-            await _wait_for(reconnected, 40, "cam1 to reconnect after the RTSP restart")
+            await until_async(reconnected, 40, "cam1 to reconnect after the RTSP restart", interval=0.25)
             out["synth_frames_gained"] = monitor.streams["synth"].status()["frames"] - synth_before
             out["cam1_status"] = monitor.streams["cam1"].status()
             async with aiohttp.ClientSession() as http:

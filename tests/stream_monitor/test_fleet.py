@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from stream_monitor.app import Monitor, StreamExists
 from stream_monitor.config import ConfigError, load_config
-from tests.support.polling import sample, until
+from tests.support.polling import sample, until, until_async
 from tests.support.servers import RedisServer
 from tests.support.small import small_config
 
@@ -99,7 +99,7 @@ def test_streams_spread_once_and_every_worker_sees_the_fleet(tmp_path: Path, red
                 return len(streams) == 4 and all(s["owner"] and s.get("frames_analysed", 0) > 0
                                                  for s in streams.values())
 
-            await _until_async(analysed_everywhere, 30, "every stream claimed and analysed")
+            await until_async(analysed_everywhere, 30, "every stream claimed and analysed")
             # Exactly one worker runs each stream, and it is the owner every view reports.
             assert not a.running() & b.running() and a.running() | b.running() == {f"cam{i}" for i in range(4)}
             assert a.running() and b.running(), "the least-loaded rule spreads streams over both workers"
@@ -235,20 +235,11 @@ def test_local_streams_hold_their_id_fleet_wide(tmp_path: Path, redis_server: Re
     asyncio.run(main())
 
 
-async def _until_async(check: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def until_redis(read: Any, want: Any, timeout: float, what: str) -> None:
     async def check() -> bool:
         return bool(await read() == want)
 
-    await _until_async(check, timeout, what)
+    await until_async(check, timeout, what)
 
 
 def test_a_finished_file_leaves_the_fleet_instead_of_being_replayed(tmp_path: Path,

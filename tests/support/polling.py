@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from stream_monitor.metrics import Metrics
 
@@ -19,6 +19,16 @@ async def until(check: Callable[[], bool], timeout: float, what: str, interval: 
     """Poll ``check`` on the loop until it is true; fail naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def until_async(check: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                      interval: float = 0.1) -> None:
+    """Like :func:`until` for a check that must await (HTTP, Redis)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(interval)
