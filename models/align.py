@@ -138,19 +138,29 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor | np.ndarray, size:
                 boxes: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
     """Batched bilinear affine warp, black border, matching ``cv2.warpAffine``.
 
-    ``images``: uint8 ``[N, H, W, C]`` (one source image per output crop; index a frame
-    batch first to reuse a frame for several faces). ``matrices``: ``[N, 2, 3]`` frame→crop
-    as for OpenCV. ``boxes`` (optional) ``[N, 4]`` x1, y1, x2, y2 in frame pixels: pixels
-    outside the box count as black (StyleFlow's canvas). Returns uint8
+    ``images``: uint8 ``[N, H, W, C]`` (one source image per output crop), or ``[1, H, W, C]``:
+    one frame shared by all ``N`` crops, sampled in one call without a per-crop copy of the
+    frame (the crops' sampling grids are stacked; each output pixel is the same as with a
+    per-crop copy). ``matrices``: ``[N, 2, 3]`` frame→crop as for OpenCV. ``boxes``
+    (optional) ``[N, 4]`` x1, y1, x2, y2 in frame pixels: pixels outside the box count as
+    black (StyleFlow's canvas; a shared frame is then copied per crop). Returns uint8
     ``[N, size, size, C]`` on ``images.device``. OpenCV quantises the interpolation
     weights to 1/32, so results differ from it by at most a few grey levels at edges.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {tuple(images.shape)}")
-    n, h, w, _ = images.shape
+    n_images, h, w, _ = images.shape
     dev = images.device
     m = torch.as_tensor(np.asarray(matrices) if not isinstance(matrices, torch.Tensor) else matrices,
-                        dtype=torch.float64, device=dev).reshape(n, 2, 3)
+                        dtype=torch.float64, device=dev).reshape(-1, 2, 3)
+    n = m.shape[0]
+    if n == 0:
+        return torch.zeros(0, size, size, images.shape[3], dtype=torch.uint8, device=dev)
+    if n_images != n and n_images != 1:
+        raise ValueError(f"{n} matrices for {n_images} images (give one image per matrix, or one shared image)")
+    if n_images != n and boxes is not None:
+        images = images.expand(n, -1, -1, -1)  # a box per crop: each crop masks its own copy
+    shared = images.shape[0] != n
     full = torch.zeros(n, 3, 3, dtype=torch.float64, device=dev)
     full[:, :2] = m
     full[:, 2, 2] = 1.0
@@ -169,6 +179,13 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor | np.ndarray, size:
         inside_x = (cols[None] >= b[:, :1].floor()) & (cols[None] < b[:, 2:3].ceil())
         inside_y = (rows[None] >= b[:, 1:2].floor()) & (rows[None] < b[:, 3:4].ceil())
         x = x * (inside_y[:, None, :, None] & inside_x[:, None, None, :])
-    out = F.grid_sample(x, norm.reshape(n, size, size, 2).float(), mode="bilinear",
-                        padding_mode="zeros", align_corners=False)
+    if shared:
+        # One frame, N crops: the N grids stacked along the output's height, so the frame is
+        # converted to float once; rows k·size … (k+1)·size − 1 are crop k.
+        out = F.grid_sample(x, norm.reshape(1, n * size, size, 2).float(), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+        out = out.reshape(x.shape[1], n, size, size).transpose(0, 1)
+    else:
+        out = F.grid_sample(x, norm.reshape(n, size, size, 2).float(), mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

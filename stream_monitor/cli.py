@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import typer
 
@@ -324,6 +324,8 @@ def bench(
     resolution: str = typer.Option("720p", help="720p, 1080p, 240p, ... or WIDTHxHEIGHT"),
     fps: float = typer.Option(30.0, help="source frame rate"),
     faces: int = typer.Option(1, min=1, max=2, help="faces per stream (1 or 2)"),
+    pace: str = typer.Option("realtime", help="realtime (live sources, drops under load) or unpaced (as fast as "
+                             "the monitor takes frames: its capacity, comparable with the baseline's loops)"),
     duration: float = typer.Option(20.0, help="seconds measured"),
     warmup: float = typer.Option(5.0, help="seconds run before the measurement starts"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
@@ -345,21 +347,21 @@ def bench(
     from .bench import BenchOptions, run_bench
     from .bench.presets import PRESETS
     from .bench.report import render_table
-    from .bench.scenario import parse_resolution
+    from .bench.scenario import Pace, parse_resolution
 
     names = [d.strip() for d in detectors.split(",") if d.strip()] if detectors is not None else None
     if names is not None and (not names or any(d not in DETECTOR_NAMES for d in names)):
         raise _fail(f"--detectors takes a comma list of {', '.join(DETECTOR_NAMES)}; got {detectors!r}")
-    if source not in ("synthetic", "file") or device not in (None, "auto", "cpu", "cuda") \
+    if source not in ("synthetic", "file") or pace not in ("realtime", "unpaced") or device not in (None, "auto", "cpu", "cuda") \
             or precision not in (None, "fp32", "bf16", "fp16") or preset not in PRESETS:
-        raise _fail("--source synthetic|file, --device auto|cpu|cuda, --precision fp32|bf16|fp16, "
+        raise _fail("--source synthetic|file, --pace realtime|unpaced, --device auto|cpu|cuda, --precision fp32|bf16|fp16, "
                     f"--preset {'|'.join(PRESETS)}")
     try:
         parse_resolution(resolution)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     opts = BenchOptions(streams=streams, source=source, resolution=resolution,  # type: ignore[arg-type]
-                        fps=fps, faces=faces, duration_s=duration, warmup_s=warmup,
+                        fps=fps, faces=faces, pace=cast(Pace, pace), duration_s=duration, warmup_s=warmup,
                         detectors=tuple(names) if names is not None else None,
                         preset=preset, device=device, precision=precision, baseline=baseline,
                         baseline_seconds=baseline_seconds, weights_dir=weights_dir, config=config,

@@ -57,6 +57,16 @@ class TrackConfig(_Section):
     max_missed: int = Field(2, ge=0)
 
 
+class RoiConfig(_Section):
+    """Track-guided face detection (:mod:`stream_monitor.faces.roi`): between full-frame
+    passes (at least every ``refresh_s`` seconds of stream time per stream), detect each
+    tracked face in a native-resolution square ``scale`` × its predicted box side."""
+
+    enabled: bool = True
+    refresh_s: float = Field(1.0, gt=0)
+    scale: float = Field(2.5, ge=1.5, le=6.0)
+
+
 class FacesConfig(_Section):
     """Face detection and tracking.
 
@@ -64,6 +74,11 @@ class FacesConfig(_Section):
     detector samples (every frame when one takes every frame, e.g. StyleFlow); ``"all"``:
     every decoded frame; a number: at least that many per second (denser tracking between
     sparse samples) plus every frame a detector samples (:class:`~stream_monitor.windows.DetectionGate`).
+
+    ``align_device``: where face crops are warped. ``"cpu"``: OpenCV on the host, one warp per
+    crop; ``"device"``: batched torch warps on the detectors' device, each frame uploaded once
+    (crops within a few grey levels of OpenCV's); ``"auto"``: the device when it is CUDA, else
+    OpenCV (faster on a CPU). See :mod:`stream_monitor.faces.align`.
     """
 
     backend: Literal["mtcnn", "scrfd"] = "mtcnn"
@@ -73,7 +88,9 @@ class FacesConfig(_Section):
     max_faces: int = Field(10, ge=1)
     batch_size: int = Field(8, ge=1)
     detect_fps: float | Literal["auto", "all"] = "auto"
+    align_device: Literal["auto", "cpu", "device"] = "auto"
     track: TrackConfig = TrackConfig()
+    roi: RoiConfig = RoiConfig()
 
     @field_validator("detect_fps")
     @classmethod

@@ -31,6 +31,10 @@ class Metrics:
         self.frames_dropped = Counter(p + "frames_dropped_total",
                                       "Frames or windows dropped under load, by pipeline stage.",
                                       ["stream", "stage"], registry=r)
+        self.face_detections = Counter(p + "face_detections_total",
+                                       "Frames through face detection, by how they were searched: full frame, "
+                                       "tracked regions, or a region miss that fell back to the full frame.",
+                                       ["mode"], registry=r)
         self.faces_detected = Counter(p + "faces_detected_total", "Faces detected.", ["stream"], registry=r)
         self.tracks_active = Gauge(p + "tracks_active", "Face tracks currently alive.", ["stream"], registry=r)
         self.windows_scored = Counter(p + "windows_scored_total", "Windows scored by a detector.", ["detector"],

@@ -2,7 +2,10 @@
 
 ``on_frame`` submits each frame to the engine and returns at once unless
 ``max_inflight`` frames are already in the engine (then it waits: the supervisor's bounded
-buffer drops the oldest frames of a live source meanwhile). A frame that no detector
+buffer drops the oldest frames of a live source meanwhile). A source that is not live (a
+file without ``ingest.realtime``) also waits while ``max_pending_windows`` of its windows are
+unscored, so its work is held back rather than shed (the lanes shed only when many such
+streams share them). A frame that no detector
 samples is skipped by the engine before face detection (``faces.detect_fps``): it takes
 no place in flight, is not counted as analysed, and leaves the operator page's picture
 (the last *analysed* frame, whose faces the page draws) as it was. Analyses are handled strictly
@@ -49,7 +52,7 @@ class StreamStats:
 
 class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
-                 max_inflight: int = 4, end_wait_s: float = 5.0) -> None:
+                 max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8) -> None:
         self.stream_id = stream_id
         self.engine = engine
         self.policy = policy
@@ -57,6 +60,10 @@ class StreamPipeline:
         self.metrics = metrics
         self.max_inflight = max_inflight
         self.end_wait_s = end_wait_s
+        self.max_pending_windows = max_pending_windows
+        # A source that is not live (a file or synthetic video without ingest.realtime) waits
+        # for its windows instead of letting the lanes shed them: nothing of it is lost.
+        self.lossless = False
         self._ended: set[int] = set()
         self.stats = StreamStats()
         self._inflight: deque[tuple[Frame, asyncio.Future[FrameAnalysis]]] = deque()
@@ -65,6 +72,7 @@ class StreamPipeline:
         self.last_faces: list[TrackedFace] = []
         self._scores: dict[int, dict[str, float]] = {}
         self._pending_scores: dict[int, set[asyncio.Future[Any]]] = {}
+        self._unscored: set[asyncio.Future[float]] = set()  # every window submitted and not yet scored
         self._tasks: set[asyncio.Future[Any]] = set()
         self._aborted = False
         self.closed = False
@@ -75,16 +83,23 @@ class StreamPipeline:
     async def on_frame(self, frame: Frame) -> None:
         if self._aborted:
             return
+        request = self.engine.admit(frame)
+        if request is None:
+            return  # skipped (no enabled detector samples this frame): it takes no place in flight
         while len(self._inflight) >= self.max_inflight:
             await asyncio.wait({self._inflight[0][1]})
-        fut = self.engine.analyse(frame)
-        if fut is None:
-            return  # skipped: no enabled detector samples this frame
+        while self.lossless and not self._aborted and len(self._unscored) >= self.max_pending_windows:
+            await asyncio.wait(set(self._unscored), return_when=asyncio.FIRST_COMPLETED)
+        if self._aborted:
+            return
+        fut = self.engine.detect(request)
         self._inflight.append((frame, fut))
         fut.add_done_callback(lambda _: self._drain())
 
-    def on_session(self, session: int) -> None:
-        """A new connection: timestamps restart, so every track of the old one ends."""
+    def on_session(self, session: int, live: bool = True) -> None:
+        """A new connection: timestamps restart, so every track of the old one ends.
+        ``live``: whether the source is live (see :attr:`lossless`)."""
+        self.lossless = not live
         if session > 1:
             self._spawn(self._close_tracks(forget=False))
 
@@ -171,10 +186,12 @@ class StreamPipeline:
     def _submit(self, clip: Clip) -> None:
         fut = self.engine.score(clip)
         self._pending_scores.setdefault(clip.track_id, set()).add(fut)
+        self._unscored.add(fut)
         fut.add_done_callback(lambda f: self._on_score(clip, f))
 
     def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
         self._pending_scores.get(clip.track_id, set()).discard(fut)
+        self._unscored.discard(fut)
         if self._aborted or fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
             return
         if fut.exception() is not None:

@@ -10,11 +10,16 @@ centre, image-right eye centre, nose tip, image-left mouth corner, image-right m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+if TYPE_CHECKING:  # only for annotations: this module stays importable without loading torch
+    import torch
+
 BBox = tuple[float, float, float, float]
+# A window item's pixels: a host array (OpenCV alignment) or a device tensor (batched alignment).
+Patch = Union[np.ndarray, "torch.Tensor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,12 @@ class WindowItem:
 
     ``patch`` is the pixels the detector's alignment needs: an aligned crop for per-frame
     templates, or the face's context region (``patch_origin`` its top-left corner in the
-    frame) for per-clip templates that fit one transform over the whole window.
+    frame) for per-clip templates that fit one transform over the whole window. Always
+    uint8 RGB ``[h, w, 3]``; its kind depends on ``faces.align_device``: a per-frame crop is
+    a NumPy array on the OpenCV path and a torch tensor on the detectors' device on the
+    batched path (no download; :func:`stream_monitor.faces.align.stack_on_device` takes
+    either); a per-clip context region is always a NumPy array (warped when the window is
+    complete, :meth:`~stream_monitor.faces.align.Aligner.clip_tensor`).
     ``cache`` holds per-frame results (a CADDM probability, a pSp latent, ...) written by
     the inference worker the first time a window containing this item is scored, so
     overlapping windows do not recompute them. Only the worker thread touches ``cache``.
@@ -67,7 +77,7 @@ class WindowItem:
     arrival: float
     box: BBox
     points: np.ndarray
-    patch: np.ndarray
+    patch: Patch
     patch_origin: tuple[int, int] = (0, 0)
     cache: dict[str, Any] = field(default_factory=dict)
 

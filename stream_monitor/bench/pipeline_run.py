@@ -1,7 +1,9 @@
 """Our side of the bench: N streams through the real :class:`~stream_monitor.app.Monitor`.
 
 The monitor runs exactly as ``stream-monitor run`` does (same config tree, engine, lanes,
-batching, alert policy), with the streams paced in real time by their sources. After a
+batching, alert policy), with the streams paced in real time by their sources (or, with
+``paced=False``, delivering as fast as the monitor takes them: ``ingest.realtime`` off,
+backpressure instead of drops — the monitor's capacity on this machine). After a
 warm-up (model warm-up, the first windows filling) the service's own Prometheus
 counters are read at ``t0`` and again ``duration_s`` later at ``t1``; every rate below is
 a difference of the two over ``t1 - t0`` wall seconds, so start-up and shutdown (final
@@ -22,13 +24,15 @@ Per detector: windows scored per second (``windows_scored_total``), windows drop
 (``inference_seconds``, ``inference_batch_size``), and **throughput in track-seconds per
 second**: each scored window adds ``stride`` new sampled frames of one face track, i.e.
 ``stride / rate`` seconds of that track's video, so throughput = windows/s × stride / rate
-(``rate`` = the detector's sampling rate, capped at the source's frame rate). Streams are
-paced in real time, so throughput can only reach what the streams offer
-(``windows_offered_per_s``: faces × sampling rate / stride per stream); ``saturated`` says
-the monitor had no capacity left for that detector (windows shed, fewer than 90 % of the
-offered windows scored, a stream not sustained, or the thread running the lane busy ≥ 90 %
-of the time) — otherwise the number, and a ratio made from it, is a lower bound: add
-streams. Busy seconds count finished batches only: a long batch still running at ``t1``
+(``rate`` = the detector's sampling rate, capped at the source's frame rate). Paced
+streams offer only so much, so throughput can only reach what they offer
+(``windows_offered_per_s``: faces × sampling rate / stride × the stream seconds analysed per
+wall second, per stream); ``saturated`` says the monitor had no capacity left for that
+detector (unpaced sources, windows shed, fewer than 90 % of the offered windows scored, a
+stream not sustained, or the thread running the lane busy ≥ 90 % of the time) — otherwise
+the number, and a ratio made from it, is a lower bound: add streams or run unpaced.
+``faces.modes_per_s``: frames searched in full, by tracked regions, or by a region miss that
+fell back to the full frame (``face_detections_total``, :mod:`stream_monitor.faces.roi`). Busy seconds count finished batches only: a long batch still running at ``t1``
 (full-size clip models on a CPU) is missing from them, so measure for several batches.
 
 Alert latency (last frame of the window received → alert published, the definition of
@@ -106,6 +110,7 @@ class Counters:
     batches: dict[str, float]
     batch_items: dict[str, float]
     computed: dict[str, float | None]
+    detect_modes: dict[str, float]  # face_detections_total by mode: full, region, fallback
 
 
 def read_counters(monitor: Monitor) -> Counters:
@@ -126,6 +131,7 @@ def read_counters(monitor: Monitor) -> Counters:
         # Cache misses of per-frame work (CADDM frames, StyleFlow pSp frames); None if a runner lacks it.
         computed={d: float(n) if isinstance(n := getattr(r, "frames_computed", None), (int, float)) else None
                   for d, r in monitor.engine.runners.items()},
+        detect_modes=by("face_detections_total", "mode"),
     )
 
 
@@ -169,6 +175,7 @@ class PipelineMeasurement:
     faces: int
     gpu_utilization: list[float] = field(default_factory=list)
     detect_fps: float | None = None  # frames per second meant to be face-detected (None: target_fps)
+    paced: bool = True  # False: unpaced sources (backpressure), every lane counts as saturated
 
     @property
     def wall_s(self) -> float:
@@ -205,14 +212,17 @@ class PipelineMeasurement:
             batches = _delta(c0.batches, c1.batches, d)
             shed = sum(_delta(c0.dropped, c1.dropped, k) for k in c1.dropped if k[1] == f"window_{d}")
             lane_busy = _delta(c0.busy_s, c1.busy_s, d) / wall
-            # Windows the streams offered: each face track sampled at the detector's rate (at most
-            # the frames analysed), a window every `stride` samples.
-            offered = sum(self.faces * min(self.rate_of(d), s["analysed_fps"]) for s in streams) / lane.stride
-            # Compute-bound (the throughput is what the monitor can do here) when work was shed or
-            # is still queued (fewer windows scored than offered: a batch can outlast the
-            # measurement), the front end fell behind, or the lane's thread was nearly always busy.
-            saturated = (shed > 0 or not all_sustained or windows / wall < SATURATED_SCORED * offered
-                         or lane_busy >= SATURATED_BUSY
+            # Windows the streams offered: each face track sampled at the detector's rate, over the
+            # stream time the analysed frames covered (about 1 s per wall second when paced, more
+            # when unpaced), a window every `stride` samples.
+            offered = sum(self.faces * self.rate_of(d) * s["analysed_fps"] / self.detect_rate
+                          for s in streams) / lane.stride
+            # Compute-bound (the throughput is what the monitor can do here) when the sources are
+            # unpaced (they offer whatever the monitor takes), work was shed or is still queued
+            # (fewer windows scored than offered: a batch can outlast the measurement), the front
+            # end fell behind, or the lane's thread was nearly always busy.
+            saturated = (not self.paced or shed > 0 or not all_sustained
+                         or windows / wall < SATURATED_SCORED * offered or lane_busy >= SATURATED_BUSY
                          or (self.shared_worker and busy / wall >= SATURATED_BUSY))
             detectors[d] = {
                 "model": lane.model_id, "sample_fps": self.rate_of(d), "window_len": lane.window_len,
@@ -237,6 +247,8 @@ class PipelineMeasurement:
             "streams": streams,
             "frames": totals,
             "faces": {"busy_s": _delta(c0.busy_s, c1.busy_s, "faces"), "batches": face_batches,
+                      "modes_per_s": {mode: _delta(c0.detect_modes, c1.detect_modes, mode) / wall
+                                      for mode in sorted(c1.detect_modes)},
                       "mean_batch": _delta(c0.batch_items, c1.batch_items, "faces") / face_batches
                       if face_batches else None},
             "detectors": detectors,
@@ -266,9 +278,10 @@ async def _sample_gpu(device: torch.device, out: list[float], period_s: float = 
 
 
 async def run_pipeline(cfg: Config, urls: list[str], source_fps: float, faces: int, warmup_s: float,
-                       duration_s: float, stop_grace_s: float = 2.0) -> PipelineMeasurement:
+                       duration_s: float, stop_grace_s: float = 2.0, paced: bool = True) -> PipelineMeasurement:
     """Start a Monitor on ``cfg``, add one stream per URL, measure ``duration_s`` after
-    ``warmup_s``, stop. Raises what ``Monitor.start`` raises (e.g. ``WeightsError``)."""
+    ``warmup_s``, stop. ``paced``: whether ``cfg``'s sources are live (``ingest.realtime``).
+    Raises what ``Monitor.start`` raises (e.g. ``WeightsError``)."""
     monitor = Monitor(cfg, Metrics())
     recorder = LatencyRecorder()
     monitor.sink = FanOut([monitor.sink, recorder])
@@ -299,4 +312,4 @@ async def run_pipeline(cfg: Config, urls: list[str], source_fps: float, faces: i
         await monitor.stop(grace=stop_grace_s)
     return PipelineMeasurement(c0, c1, ids, source_fps, target, lanes, latencies, label,
                                bool(getattr(monitor.engine, "shared_worker", device.type == "cuda")), faces, gpu,
-                               detect)
+                               detect, paced)

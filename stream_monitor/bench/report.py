@@ -113,6 +113,8 @@ def render_table(report: dict[str, Any]) -> str:
         f"streams sustained in real time: {p['streams_sustained']}/{len(p['streams'])}   "
         f"frames/s decoded {p['frames']['decoded_per_s']:.1f}, analysed {p['frames']['analysed_per_s']:.1f}   "
         f"dropped: " + (", ".join(f"{k} {v:g}" for k, v in p['frames']['dropped'].items()) or "none"),
+        "face detection per s: " + (", ".join(f"{k} {v:.1f}" for k, v in p["faces"]["modes_per_s"].items())
+                                     or "none"),
         f"busy fraction {p['busy_fraction']:.2f}   GPU utilisation {_num(p['gpu_utilization'])}   "
         f"alert latency p50 {_num(p['alert_latency_s']['p50'])} s, p99 {_num(p['alert_latency_s']['p99'])} s "
         f"({p['alert_latency_s']['count']} alerts)",

@@ -21,6 +21,7 @@ import torch
 from ..config import DETECTOR_NAMES, Config, load_config
 from ..inference.engine import window_spec
 from ..inference.worker import resolve_device
+from .scenario import Pace
 from ..weights import card_of, model_name
 from .baseline import run_baselines
 from .flops import DetectorFlops, detector_flops, face_detector_flops, matmul_peak
@@ -32,6 +33,7 @@ from .scenario import Scenario, SourceKind, media_frames, parse_resolution, prep
 log = logging.getLogger(__name__)
 
 _FILE_SLACK_S = 5.0  # file length beyond warm-up + duration: stream start-up, so no file ends early
+_UNPACED_FILE_SPEED = 4.0  # unpaced files hold this many times warm-up + duration of video
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class BenchOptions:
     resolution: str = "720p"
     fps: float = 30.0
     faces: int = 1
+    pace: Pace = "realtime"
     duration_s: float = 20.0
     warmup_s: float = 5.0
     detectors: tuple[str, ...] | None = None  # None: the config file's (default: all three)
@@ -60,6 +63,10 @@ def bench_config(opts: BenchOptions, workdir: Path) -> Config:
     """The monitor's config: the file (if any), then the preset, then the bench's settings
     (detectors, device and precision only where given, else the file's).
 
+    ``pace``: ``realtime`` sources are live (paced, oldest frames dropped under load);
+    ``unpaced`` sources come as fast as the monitor takes them (``ingest.realtime`` off:
+    backpressure, nothing dropped), which measures capacity.
+
     Alerts: threshold 0 and ``start_after`` 1, so every scored window publishes an event
     (the latency samples); they go to ``workdir/alerts.jsonl``, not stdout (the report's).
     Random weights unless ``weights_dir`` is given: the compute is the same.
@@ -72,7 +79,7 @@ def bench_config(opts: BenchOptions, workdir: Path) -> Config:
         if value is not None:
             detectors[key] = value
     overrides: dict[str, Any] = {
-        "streams": [], "detectors": detectors, "ingest": {"realtime": True},
+        "streams": [], "detectors": detectors, "ingest": {"realtime": opts.pace == "realtime"},
         "alerts": {"threshold": 0.0, "start_after": 1, "stdout": False, "jsonl": str(workdir / "alerts.jsonl")},
         "metrics": {"port": None}, "api": {"port": None}, "redis": {"url": None},
     }
@@ -101,8 +108,10 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     cfg = bench_config(opts, workdir)
     width, height = parse_resolution(opts.resolution)
     baseline_s = opts.baseline_seconds or max(opts.duration_s, _min_media_s(cfg, opts.fps))
+    # Unpaced files are read faster than real time: make them long enough for a few times that.
+    speed = 1.0 if opts.pace == "realtime" else _UNPACED_FILE_SPEED
     scenario = Scenario(opts.streams, opts.source, width, height, opts.fps, opts.faces,
-                        max(opts.warmup_s + opts.duration_s + _FILE_SLACK_S, baseline_s))
+                        max((opts.warmup_s + opts.duration_s) * speed + _FILE_SLACK_S, baseline_s), opts.pace)
     started = time.time()
     log.info("bench: %s; preparing media in %s", scenario.label, workdir)
     urls = prepare_sources(scenario, workdir)
@@ -125,7 +134,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                      r.throughput)
     log.info("bench: pipeline, %d stream(s), %.0f s warm-up + %.0f s measured", opts.streams, opts.warmup_s,
              opts.duration_s)
-    measurement = asyncio.run(run_pipeline(cfg, urls, opts.fps, opts.faces, opts.warmup_s, opts.duration_s))
+    measurement = asyncio.run(run_pipeline(cfg, urls, opts.fps, opts.faces, opts.warmup_s, opts.duration_s,
+                                           paced=opts.pace == "realtime"))
 
     meta = {
         "version": 1, "started_at": started, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -141,7 +151,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     scenario_section = {
         "label": scenario.label, "streams": scenario.streams, "source": scenario.source, "width": width,
         "height": height, "fps": opts.fps, "faces": opts.faces, "duration_s": opts.duration_s,
-        "warmup_s": opts.warmup_s, "realtime": True,
+        "warmup_s": opts.warmup_s, "pace": opts.pace, "realtime": opts.pace == "realtime",
     }
     return build_report(meta, scenario_section, peak, costs, face_flops, measurement, baseline,
                         baseline_s if baseline is not None else None)

@@ -4,10 +4,11 @@ Two kinds of source, the same pictures either way (the synthetic moving face of
 :mod:`stream_monitor.ingest.synthetic`):
 
 * ``synthetic`` — ``synthetic:astronaut?fps=..&size=WxH&faces=F&seconds=0`` URLs: frames are
-  rendered in the stream's decode thread, paced in real time.
+  rendered in the stream's decode thread, paced in real time (or as fast as the monitor
+  takes them with ``pace="unpaced"``).
 * ``file`` — an H.264 MP4 (libx264, yuv420p, one keyframe per second) written at bench time
   with PyAV from :func:`synthetic_frames`, long enough for the whole run; every stream
-  reads (decodes) its own copy of it, paced in real time.
+  reads (decodes) its own copy of it, paced in real time (or unpaced, as above).
 
 :func:`media_frames` gives the baseline the very same frames without pacing: rendered from
 the same spec, or decoded from the same file with the service's own PyAV reader.
@@ -30,6 +31,7 @@ from ..ingest.av_reader import read_video
 from ..ingest.synthetic import SyntheticSpec, synthetic_frames
 
 SourceKind = Literal["synthetic", "file"]
+Pace = Literal["realtime", "unpaced"]
 
 # Named resolutions; anything else is given as WIDTHxHEIGHT.
 RESOLUTIONS: dict[str, tuple[int, int]] = {
@@ -63,6 +65,7 @@ class Scenario:
     fps: float
     faces: int
     seconds: float
+    pace: Pace = "realtime"
 
     def __post_init__(self) -> None:
         if self.streams < 1 or self.faces not in (1, 2) or self.fps <= 0 or self.seconds <= 0:
@@ -70,7 +73,8 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        return f"{self.streams} x {self.width}x{self.height}@{self.fps:g} {self.source}, {self.faces} face(s)"
+        return (f"{self.streams} x {self.width}x{self.height}@{self.fps:g} {self.source}, {self.faces} face(s)"
+                + ("" if self.pace == "realtime" else ", unpaced"))
 
     def spec(self, seconds: float = 0.0) -> SyntheticSpec:
         """The synthetic video behind every stream (``seconds=0``: endless)."""

@@ -19,7 +19,7 @@ a real face.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,25 +59,41 @@ class MtcnnDetector:
                             select_largest=False)
         self._mtcnn.eval()
 
+    supports_regions = True  # detect_sized: see stream_monitor.faces.roi
+
     def detect(self, images: Sequence[np.ndarray]) -> list[list[FaceObs]]:
+        return self._detect(images, float(self.cfg.min_size), lambda faces: select_faces(faces, self.cfg))
+
+    def detect_sized(self, images: Sequence[np.ndarray], min_face: float) -> list[list[FaceObs]]:
+        """As :meth:`detect`, with the pyramid starting where a ``min_face`` pixel face is
+        P-net's 12 px, and only ``faces.min_confidence`` applied (region detection selects
+        in frame pixels afterwards)."""
+        floor = self.cfg.min_confidence
+        return self._detect(images, max(float(min_face), 12.0), lambda faces: [f for f in faces if f.score >= floor])
+
+    def _detect(self, images: Sequence[np.ndarray], min_face: float,
+                select: Callable[[list[FaceObs]], list[FaceObs]]) -> list[list[FaceObs]]:
         check_images(images)
         out: list[list[FaceObs]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, image in enumerate(images):
             groups[(int(image.shape[0]), int(image.shape[1]))].append(i)
+        # Set per call: the worker thread is the only caller, one call at a time.
+        self._mtcnn.min_face_size = min_face
         for (height, width), indices in groups.items():
-            # No face of min_size fits, and facenet's pyramid would be empty (it then fails
+            # No face of min_face fits, and facenet's pyramid would be empty (it then fails
             # on torch.cat of nothing).
-            if min(height, width) < self.cfg.min_size:
+            if min(height, width) < min_face:
                 continue
             for start in range(0, len(indices), self.cfg.batch_size):
                 chunk = indices[start:start + self.cfg.batch_size]
-                found = self._detect_stack(np.stack([images[i] for i in chunk]))
+                found = self._detect_stack(np.stack([images[i] for i in chunk]), select)
                 for i, faces in zip(chunk, found):
                     out[i] = faces
         return out
 
-    def _detect_stack(self, stack: np.ndarray) -> list[list[FaceObs]]:
+    def _detect_stack(self, stack: np.ndarray,
+                      select: Callable[[list[FaceObs]], list[FaceObs]]) -> list[list[FaceObs]]:
         """Faces of each image of a uint8 ``[B, H, W, 3]`` stack, selected."""
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(stack, landmarks=True)
@@ -90,5 +106,5 @@ class MtcnnDetector:
             pr = _float32(probs[b]).reshape(-1)
             pt = _float32(points[b]).reshape(-1, 5, 2)
             faces = [make_face(bx[k], pt[k], float(pr[k])) for k in range(bx.shape[0])]
-            result.append(select_faces(faces, self.cfg))
+            result.append(select(faces))
         return result

@@ -93,6 +93,14 @@ class FaceTracker:
         """Number of live tracks (including ones currently missed)."""
         return len(self._tracks)
 
+    def predictions(self, t: float) -> list[BBox] | None:
+        """Predicted boxes of every live track at stream time ``t``, or ``None`` when some
+        track was missed on its last frame (or there is none): then only a full-frame pass
+        can say where its face went (region detection, :mod:`stream_monitor.faces.roi`)."""
+        if not self._tracks or any(tr.missed for tr in self._tracks.values()):
+            return None
+        return [tr.predicted(t) for tr in self._tracks.values()]
+
     def _match(self, faces: list[FaceObs], t: float) -> dict[int, int]:
         """Face index → track id."""
         predicted = {tid: tr.predicted(t) for tid, tr in self._tracks.items()}

@@ -8,17 +8,41 @@ whose stream-level sampler takes the frame. For every tracked face it asks the w
 which detectors sample this frame (that set, or the track's own samplers when every frame
 is analysed), cuts each such detector's patch (aligned crop or context region) and pushes it;
 full windows and the final windows of ended tracks come back as clips.
+
+Alignment (``faces.align_device``, :func:`resolve_align_device`): with OpenCV on the host
+every (face, detector) crop is one ``cv2.warpAffine`` of the frame. On the device path the
+frame is uploaded once (only when some per-frame template, CADDM's or StA's, samples it;
+counted in ``frames_uploaded``) and each per-frame template cuts all its faces' crops in one
+batched warp (:meth:`~stream_monitor.faces.align.Aligner.patches`); the crops stay on the
+device as the window items' patches. Per-clip templates (StyleFlow) keep a host copy of the
+context region either way; their warp waits for the complete window (the runner's aligner).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Literal, Mapping
 
+import torch
+
+from ..faces.align import to_device
 from ..faces.track import FaceTracker
-from ..types import Clip, FaceObs, Frame, TrackedFace, WindowItem
+from ..types import Clip, FaceObs, Frame, Patch, TrackedFace, WindowItem
 from ..windows import WindowBank
 from .runners import DetectorRunner
+
+
+def resolve_align_device(setting: Literal["auto", "cpu", "device"], device: torch.device) -> torch.device | None:
+    """``faces.align_device`` → where window crops are warped: ``device`` (batched torch on the
+    detectors' device) or ``None`` (OpenCV on the host). ``"auto"`` picks the device only on
+    CUDA: there it saves a warp per crop and an upload per batch; on a CPU OpenCV is faster."""
+    if setting == "cpu":
+        return None
+    if setting == "device":
+        return device
+    if setting == "auto":
+        return device if device.type == "cuda" else None
+    raise ValueError(f"faces.align_device must be auto, cpu or device, not {setting!r}")
 
 
 @dataclass(frozen=True)
@@ -38,27 +62,51 @@ class StreamAnalysis:
     """Tracker + window bank of one stream (worker thread only)."""
 
     def __init__(self, stream_id: str, runners: Mapping[str, DetectorRunner], iou_threshold: float,
-                 max_missed: int) -> None:
+                 max_missed: int, align_device: torch.device | None = None) -> None:
         self.stream_id = stream_id
         self.runners = runners
         self.tracker = FaceTracker(iou_threshold=iou_threshold, max_missed=max_missed)
         self.bank = WindowBank(stream_id, [r.spec for r in runners.values()])
+        self.align_device = align_device  # None: OpenCV on the host (resolve_align_device)
+        self.frames_uploaded = 0  # frames copied to align_device (at most one per frame), for tests/benchmarks
 
     def process(self, frame: Frame, faces: list[FaceObs], due: frozenset[str] | None = None) -> FrameAnalysis:
         """Track ``faces`` and window them. ``due``: the detectors the stream-level gate chose
         for this frame (``None``: each track's own samplers decide)."""
         tracked, ended = self.tracker.update(faces, frame.pts)
+        # Every (face, detector) sample first, so the device path can batch the warps.
+        wanted = [(face, detector) for face in tracked for detector in self.bank.sample(face.track_id, frame.pts, due)]
         clips: list[Clip] = []
-        for face in tracked:
-            for detector in self.bank.sample(face.track_id, frame.pts, due):
-                patch, origin = self.runners[detector].aligner.patch(frame.image, face.obs)
-                item = WindowItem(frame.seq, frame.pts, frame.arrival, face.obs.box, face.obs.points, patch, origin)
-                clip = self.bank.push(face.track_id, detector, item)
-                if clip is not None:
-                    clips.append(clip)
+        for (face, detector), (patch, origin) in zip(wanted, self._patches(frame, wanted)):
+            item = WindowItem(frame.seq, frame.pts, frame.arrival, face.obs.box, face.obs.points, patch, origin)
+            clip = self.bank.push(face.track_id, detector, item)
+            if clip is not None:
+                clips.append(clip)
         for track_id in ended:
             clips.extend(self.bank.end_track(track_id))
         return FrameAnalysis(self.stream_id, frame.seq, frame.pts, tracked, self.tracker.active, clips, ended)
+
+    def _patches(self, frame: Frame, wanted: list[tuple[TrackedFace, str]]) -> list[tuple[Patch, tuple[int, int]]]:
+        """Each sample's ``(patch, origin)``: OpenCV per crop, or on the device one upload of
+        the frame and one batched warp per per-frame template (crops ``[S, S, 3]`` views of
+        that batch, left on the device)."""
+        out: list[tuple[Patch, tuple[int, int]] | None] = [None] * len(wanted)
+        batched: dict[str, list[int]] = {}
+        for i, (face, detector) in enumerate(wanted):
+            aligner = self.runners[detector].aligner
+            if self.align_device is None or aligner.template.per_clip:
+                out[i] = aligner.patch(frame.image, face.obs)
+            else:
+                batched.setdefault(detector, []).append(i)
+        if batched:
+            assert self.align_device is not None
+            image = to_device(frame.image, self.align_device)
+            self.frames_uploaded += 1
+            for detector, rows in batched.items():
+                crops = self.runners[detector].aligner.patches(image, [wanted[i][0].obs for i in rows])
+                for i, crop in zip(rows, crops):
+                    out[i] = (crop, (0, 0))
+        return [p for p in out if p is not None]
 
     def close(self) -> FrameAnalysis:
         """End every track (stream stopped or reconnected): final windows and ended ids."""

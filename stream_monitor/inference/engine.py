@@ -7,6 +7,9 @@ at once for a frame that no enabled detector samples (``faces.detect_fps``, the 
 :class:`~stream_monitor.windows.DetectionGate`): face detection runs at the rate the
 detectors need (CADDM's 8 fps, StA's 1.875 fps), not at the source's. Such a frame is
 skipped, not dropped: it is in neither ``frames_analysed_total`` nor ``frames_dropped_total``.
+Admitted frames are searched in full or, between full passes, only around their tracks'
+predicted boxes (``faces.roi``, :class:`~stream_monitor.faces.roi.RegionDetector`; counted
+in ``face_detections_total{mode}``).
 ``score(clip)`` → the clip's detector lane. The futures of both fail with
 :class:`~stream_monitor.inference.batcher.Shed` when the lane sheds them under load
 (counted in ``stream_monitor_frames_dropped_total{stage}``).
@@ -42,11 +45,12 @@ import models
 
 from ..config import Config
 from ..faces.detect import FaceDetector, create_detector
+from ..faces.roi import RegionDetector
 from ..metrics import Metrics
-from ..types import Clip, Frame
+from ..types import BBox, Clip, Frame
 from ..weights import model_name, resolve_all
 from ..windows import DetectionGate, WindowSpec
-from .analysis import FrameAnalysis, StreamAnalysis
+from .analysis import FrameAnalysis, StreamAnalysis, resolve_align_device
 from .batcher import Batcher
 from .runners import RUNNERS, DetectorRunner, model_fingerprint
 from .worker import InferenceWorker, resolve_device
@@ -75,7 +79,7 @@ def window_spec(detector: str, card: models.ModelCard, sample_fps: float | str |
 
 
 @dataclass(frozen=True)
-class _Detect:
+class DetectRequest:
     """A face-detection request: the frame and the detectors its stream's gate chose
     (``None``: each track's own samplers decide)."""
 
@@ -102,7 +106,9 @@ class Engine:
         self.face_detector: FaceDetector | None = None
         self._streams: dict[str, StreamAnalysis] = {}
         self._gates: dict[str, DetectionGate] = {}  # loop thread only (analyse runs there)
-        self._faces: Batcher[_Detect, FrameAnalysis] | None = None
+        self.regions: RegionDetector | None = None
+        self._last_full: dict[str, float] = {}  # worker thread: pts of each stream's last full-frame pass
+        self._faces: Batcher[DetectRequest, FrameAnalysis] | None = None
         self._lanes: dict[str, Batcher[Clip, float]] = {}
 
     @property
@@ -112,6 +118,12 @@ class Engine:
     @property
     def model_ids(self) -> dict[str, str]:
         return {name: r.model_id for name, r in self.runners.items()}
+
+    @property
+    def align_device(self) -> torch.device | None:
+        """Where face crops are warped (``faces.align_device``): the detectors' device
+        (batched torch, one upload per frame) or ``None`` (OpenCV on the host)."""
+        return resolve_align_device(self.cfg.faces.align_device, self.device)
 
     def load(self) -> None:
         """Resolve weights (``WeightsError`` if missing), build and load every model."""
@@ -138,11 +150,15 @@ class Engine:
             spec = window_spec(detector, card, det_cfg.sample_fps, det_cfg.window_len, det_cfg.window_stride)
             fingerprint = model_fingerprint(name, weights.files if weights else ())
             self.runners[detector] = RUNNERS[detector](detector, model, card, fingerprint, spec, self.device,
-                                                       precision)
+                                                       precision, align_on_device=self.align_device is not None)
             log.info("detector %s: %s on %s (%s), window %d/%d at %s fps", detector,
                      self.runners[detector].model_id, self.device, precision, spec.window_len, spec.stride,
                      spec.sample_fps or "every")
         self.face_detector = create_detector(self.cfg.faces, self.device)
+        self.regions = RegionDetector(self.face_detector, self.cfg.faces)
+        if self.cfg.faces.roi.enabled and not self.regions.enabled:
+            log.info("faces.roi: backend %s detects at a fixed input size; every frame is detected in full",
+                     self.cfg.faces.backend)
 
     @property
     def lane_workers(self) -> dict[str, InferenceWorker]:
@@ -190,14 +206,33 @@ class Engine:
         self.metrics.inference_batch_size.labels(lane).observe(n)
         self.metrics.inference_seconds.labels(lane).observe(seconds)
 
-    def _detect_batch(self, requests: list[_Detect]) -> list[FrameAnalysis]:
-        assert self.face_detector is not None
-        faces = self.face_detector.detect([r.frame.image for r in requests])
+    def _priors(self, frame: Frame) -> list[BBox] | None:
+        """Where to look for faces in ``frame``: its tracks' predicted boxes (region
+        detection), or ``None`` for a full-frame pass (see :mod:`stream_monitor.faces.roi`)."""
+        assert self.regions is not None
+        sid, pts = frame.stream_id, frame.pts
+        state = self._streams.get(sid)
+        last = self._last_full.get(sid)
+        priors = None
+        if self.regions.enabled and state is not None and last is not None and \
+                0.0 <= pts - last < self.cfg.faces.roi.refresh_s:
+            priors = state.tracker.predictions(pts)
+        if priors is None:
+            self._last_full[sid] = pts  # now, so later frames of this batch use regions
+        return priors
+
+    def _detect_batch(self, requests: list[DetectRequest]) -> list[FrameAnalysis]:
+        assert self.regions is not None
+        priors = [self._priors(r.frame) for r in requests]
+        found = self.regions.detect([r.frame.image for r in requests], priors)
         out = []
-        for request, found in zip(requests, faces):
+        for request, (faces, mode) in zip(requests, found):
             frame = request.frame
+            self.metrics.face_detections.labels(mode).inc()
+            if mode == "fallback":
+                self._last_full[frame.stream_id] = frame.pts
             state = self._streams.get(frame.stream_id)
-            out.append(state.process(frame, found, request.due) if state is not None
+            out.append(state.process(frame, faces, request.due) if state is not None
                        else FrameAnalysis(frame.stream_id, frame.seq, frame.pts))
         return out
 
@@ -208,7 +243,8 @@ class Engine:
         tc = self.cfg.faces.track
 
         def open_() -> None:
-            self._streams[stream_id] = StreamAnalysis(stream_id, self.runners, tc.iou_threshold, tc.max_missed)
+            self._streams[stream_id] = StreamAnalysis(stream_id, self.runners, tc.iou_threshold, tc.max_missed,
+                                                      self.align_device)
 
         await self._on_worker(open_)
         self._gates[stream_id] = self.detection_gate()
@@ -225,6 +261,7 @@ class Engine:
             if state is None:
                 return FrameAnalysis(stream_id, -1, -1.0)
             result = state.close()
+            self._last_full.pop(stream_id, None)  # no tracks left to guide regions
             if forget:
                 del self._streams[stream_id]
             return result
@@ -233,15 +270,25 @@ class Engine:
             self._gates.pop(stream_id, None)
         return await self._on_worker(close_)  # type: ignore[no-any-return]
 
-    def analyse(self, frame: Frame) -> "asyncio.Future[FrameAnalysis] | None":
-        """Face detection and tracking/windowing of ``frame``, or ``None`` when its stream's
-        gate skips it (no detector samples it). Call for every decoded frame, in order."""
-        assert self._faces is not None, "start() first"
+    def admit(self, frame: Frame) -> DetectRequest | None:
+        """The face-detection request for ``frame``, or ``None`` when its stream's gate
+        skips it (no detector samples it). Call for every decoded frame, in order (the
+        gate counts them), then :meth:`detect` the requests it returns."""
         gate = self._gates.get(frame.stream_id)
         due = gate.admit(frame.pts) if gate is not None else None
         if gate is not None and due is None:
             return None
-        return self._faces.submit(_Detect(frame, None if gate is None or gate.every_frame else due))
+        return DetectRequest(frame, None if gate is None or gate.every_frame else due)
+
+    def detect(self, request: DetectRequest) -> "asyncio.Future[FrameAnalysis]":
+        """Face detection and tracking/windowing of an admitted frame (batched)."""
+        assert self._faces is not None, "start() first"
+        return self._faces.submit(request)
+
+    def analyse(self, frame: Frame) -> "asyncio.Future[FrameAnalysis] | None":
+        """:meth:`admit` then :meth:`detect`: ``None`` for a skipped frame."""
+        request = self.admit(frame)
+        return None if request is None else self.detect(request)
 
     def score(self, clip: Clip) -> "asyncio.Future[float]":
         return self._lanes[clip.detector].submit(clip)

@@ -31,6 +31,12 @@ on the CPU in bf16 is 0.006 (CADDM-B3), see ``tests/stream_monitor/test_precisio
 On CUDA the 2D convolution models (CADDM, StyleFlow's pSp encoder) also run
 ``channels_last`` (NHWC, what tensor-core convolutions want); on a CPU the layout stays
 as loaded.
+
+Crops (``faces.align_device``): window patches are host arrays (OpenCV alignment) or
+crops already on the device (batched alignment, :mod:`stream_monitor.faces.align`); the
+runners take either (:func:`~stream_monitor.faces.align.stack_on_device`). With
+``align_on_device`` a per-clip window (StyleFlow) is warped on the device in one call
+(:meth:`~stream_monitor.faces.align.Aligner.clip_tensor`).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import torch
 from models import sha256_file
 from models.card import ModelCard
 
-from ..faces.align import Aligner
+from ..faces.align import Aligner, stack_on_device
 from ..types import Clip, WindowItem
 from ..windows import WindowSpec
 
@@ -88,11 +94,12 @@ class _Base:
     spec: WindowSpec
     device: torch.device
     precision: Precision = "fp32"
+    align_on_device: bool = False  # per-clip windows warped on ``device`` (batched torch), not with OpenCV
     # The model's 2D-convolution part runs channels_last on CUDA (the runner's _conv_part).
     channels_last_convs: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        self.aligner = Aligner(self.card.template)
+        self.aligner = Aligner(self.card.template, self.device if self.align_on_device else None)
         self.frames_computed = 0  # per-frame work actually done (cache misses), for tests/benchmarks
         autocast(self.device, self.precision)  # refuse an impossible precision now, not at the first batch
         self.channels_last = self.channels_last_convs and self.device.type == "cuda"
@@ -113,12 +120,6 @@ class _Base:
         """One fake probability per clip (worker thread)."""
         raise NotImplementedError
 
-    def _to_device(self, crops: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(crops))
-        if self.device.type == "cuda":
-            t = t.pin_memory().to(self.device, non_blocking=True)
-        return t
-
 
 class PerFrameRunner(_Base):
     """Per-frame models (CADDM): score uncached frames once; window = mean of its frames."""
@@ -133,7 +134,7 @@ class PerFrameRunner(_Base):
                     todo[id(item)] = item
         if todo:
             items = list(todo.values())
-            x = self._conv_input(self.card.preprocess(self._to_device(np.stack([it.patch for it in items]))))
+            x = self._conv_input(self.card.preprocess(stack_on_device([it.patch for it in items], self.device)))
             with self._autocast():
                 probs = self.model(x).float().cpu().tolist()
             for item, p in zip(items, probs):
@@ -146,8 +147,8 @@ class ClipRunner(_Base):
     """Clip models without per-frame state (StA): aligned crops → one forward per batch."""
 
     def run(self, clips: Sequence[Clip]) -> list[float]:
-        crops = np.stack([self.aligner.clip_crops(clip.items) for clip in clips])
-        x = self.card.preprocess(self._to_device(crops))
+        crops = torch.stack([self.aligner.clip_tensor(clip.items, self.device) for clip in clips])
+        x = self.card.preprocess(crops)
         with self._autocast():
             probs = self.model(x)
         return [float(p) for p in probs.float().cpu().tolist()]
@@ -167,8 +168,8 @@ class StyleFlowRunner(_Base):
             transform = self.aligner.clip_transform(clip.items)
             assert transform is not None, "StyleFlow's template is per clip"
             key = "styleflow@" + hashlib.sha1(transform.tobytes()).hexdigest()
-            crops = self.aligner.clip_crops(clip.items, transform)
-            frames = self.card.preprocess(self._to_device(crops))  # [T, 3, S, S] RGB 0-255
+            crops = self.aligner.clip_tensor(clip.items, self.device, transform)
+            frames = self.card.preprocess(crops)  # [T, 3, S, S] RGB 0-255
             missing: dict[int, int] = {}  # item id -> first position (padded clips repeat items)
             for i, it in enumerate(clip.items):
                 if key not in it.cache:

@@ -48,7 +48,7 @@ SOURCES: dict[str, SourceFactory] = {
     "http": FileSource,
     "https": FileSource,
     "file": FileSource,
-    "synthetic": lambda stream_id, url, cfg: SyntheticSource(stream_id, url),
+    "synthetic": lambda stream_id, url, cfg: SyntheticSource(stream_id, url, realtime=cfg.realtime),
 }
 
 

@@ -5,8 +5,9 @@ its own daemon decode thread running ``source.frames()``; frames cross to the as
 through a bounded :class:`~stream_monitor.ingest.handoff.FrameHandoff` of
 ``cfg.queue_frames`` (live sources drop the oldest and count
 ``frames_dropped_total{stream,stage="ingest"}``; files read with ``--no-realtime`` block
-the decoder instead). On the loop, ``on_session(n)`` is called when the n-th session starts
-delivering (n = 1, 2, ...; the pipeline resets its tracks), then ``await on_frame(frame)``
+the decoder instead). On the loop, ``on_session(n, live)`` is called when the n-th session
+starts delivering (n = 1, 2, ...; the pipeline resets its tracks; ``live``: the source's,
+so the pipeline knows whether to shed or hold back work), then ``await on_frame(frame)``
 for each frame, one at a time.
 
 Lifecycle:
@@ -137,7 +138,7 @@ class StreamSupervisor:
 
     def __init__(self, stream_id: str, url: str, cfg: IngestConfig, metrics: Metrics,
                  on_frame: Callable[[Frame], Awaitable[None]],
-                 on_session: Callable[[int], None] | None = None,
+                 on_session: Callable[[int, bool], None] | None = None,
                  opener: Callable[[], Source] | None = None) -> None:
         """Build the first Source now, so a bad URL raises SourceError before anything connects.
 
@@ -281,7 +282,7 @@ class StreamSupervisor:
                     self._up.set(1)
                     self._set_state("up")
                     if self._on_session is not None:
-                        self._on_session(self._sessions)
+                        self._on_session(self._sessions, source.live)
                 session.delivered += 1
                 await self._on_frame(frame)
         finally:

@@ -16,7 +16,8 @@ The head is cut out of the photo with a feathered elliptical mask, scaled so the
 about 30 % of the frame height (MTCNN finds it easily), and pasted on a plain background.
 Each head glides along its own slow Lissajous path (periods of 8 s and 5.5 s), so
 consecutive face boxes overlap strongly and trackers keep their ids. The source paces
-frames in real time and is ``live``; it is ``finite`` only when ``seconds > 0``.
+frames in real time and is ``live`` (unless ``ingest.realtime`` is off); it is ``finite``
+only when ``seconds > 0``.
 
 :func:`synthetic_frames` is the pure generator behind it (no clock, no I/O): tests use it
 to write media files, and :meth:`SyntheticScene.face_boxes` gives the true face boxes.
@@ -177,18 +178,24 @@ def synthetic_frames(spec: SyntheticSpec | None = None, count: int | None = None
 
 
 class SyntheticSource:
-    """A :class:`~stream_monitor.ingest.base.Source` playing a synthetic video in real time."""
+    """A :class:`~stream_monitor.ingest.base.Source` playing a synthetic video.
 
-    live = True
+    ``realtime`` (``ingest.realtime``, the default): paced at ``fps`` and ``live`` (under
+    load the consumer drops the oldest frames), like a camera. Without it, frames come as
+    fast as they render and the source is not live: the consumer applies backpressure and
+    no frame is lost (``stream-monitor bench --pace unpaced`` measures capacity this way).
+    """
 
-    def __init__(self, stream_id: str, url: str) -> None:
+    def __init__(self, stream_id: str, url: str, realtime: bool = True) -> None:
         self.stream_id = stream_id
         self.spec = parse_synthetic_url(url)
         self.finite = self.spec.seconds > 0
+        self.live = realtime
         self._closed = threading.Event()
 
     def frames(self) -> Iterator[Frame]:
-        """Frames paced at ``fps`` on the wall clock; pts = index / fps. Returns at the end or on close()."""
+        """Frames paced at ``fps`` on the wall clock when live (else as fast as they render);
+        pts = index / fps. Returns at the end or on close()."""
         scene = SyntheticScene(self.spec)
         period = 1.0 / self.spec.fps
         n = self.spec.frame_count
@@ -196,6 +203,10 @@ class SyntheticSource:
         i = 0
         while (n is None or i < n) and not self._closed.is_set():
             image = scene.render(i)
+            if not self.live:
+                yield Frame(self.stream_id, i, i * period, time.time(), image)
+                i += 1
+                continue
             due = start + i * period
             lag = time.monotonic() - due
             if lag > 0.5:

@@ -86,6 +86,7 @@ def test_bench_command_reports_every_field(tmp_path: Path) -> None:
     assert p["detectors"]["caddm"]["frames_computed"] > 0
     assert p["throughput_all"] == min(row["throughput"] for row in p["detectors"].values())
     assert p["busy_fraction"] > 0 and p["gpu_utilization"] is None
+    assert set(p["faces"]["modes_per_s"]) <= {"full", "region", "fallback"} and p["faces"]["modes_per_s"]["full"] > 0
     latency = p["alert_latency_s"]
     assert latency["count"] > 0 and 0 <= latency["p50"] <= latency["p99"]
     assert {"detectors_per_s", "faces_per_s", "total_per_s", "mfu", "mfu_incl_faces"} <= set(p["flops"])
@@ -140,3 +141,34 @@ def test_resolutions() -> None:
     for bad in ("719p", "321x240", "10x10"):
         with pytest.raises(ValueError):
             parse_resolution(bad)
+
+
+def test_unpaced_bench_measures_capacity_without_losing_work(tmp_path: Path) -> None:
+    out = tmp_path / "unpaced.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_monitor", "bench", "--preset", "small", "--device", "cpu",
+         "--resolution", "320x240", "--detectors", "caddm", "--pace", "unpaced", "--duration", "5", "--warmup", "2",
+         "--baseline-seconds", "3", "--json", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unpaced" in proc.stdout and "region" in proc.stdout
+    report = json.loads(out.read_text())
+    scenario, p = report["scenario"], report["pipeline"]
+    assert scenario["pace"] == "unpaced" and scenario["realtime"] is False and "unpaced" in scenario["label"]
+    caddm = p["detectors"]["caddm"]
+    assert caddm["saturated"] is True, "unpaced sources offer whatever the monitor takes"
+    assert caddm["windows_scored"] > 0 and caddm["windows_dropped"] == 0, caddm
+    assert p["frames"]["dropped"].get("ingest", 0) == 0 and p["frames"]["dropped"].get("faces", 0) == 0
+    modes = p["faces"]["modes_per_s"]
+    assert modes.get("region", 0) > 0, modes  # tracked faces searched by region between full passes
+    total = sum(modes.values())
+    assert math.isclose(total, p["frames"]["analysed_per_s"], rel_tol=0.05, abs_tol=0.5), (modes, p["frames"])
+    assert report["ratio"]["caddm"] is not None and report["ratio"]["caddm"] > 0
+
+
+def test_bench_refuses_an_unknown_pace(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "stream_monitor", "bench", "--pace", "fast", "--no-baseline"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "--pace realtime|unpaced" in proc.stderr

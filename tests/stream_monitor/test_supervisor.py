@@ -100,7 +100,7 @@ class Recorder:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
 
-    def on_session(self, n: int) -> None:
+    def on_session(self, n: int, live: bool = True) -> None:
         self.sessions.append(n)
 
     def tags(self) -> list[int]:
