@@ -22,6 +22,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 Points5 = tuple[tuple[float, float], tuple[float, float], tuple[float, float],
                 tuple[float, float], tuple[float, float]]
@@ -160,16 +161,22 @@ def _pil_bicubic_weights(in_size: int, out_size: int) -> torch.Tensor:
     return weights
 
 
-def resize_like_pil_bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize_like_pil_bicubic(x: torch.Tensor, size: int,
+                            backend: Literal["auto", "torch", "pil"] = "auto") -> torch.Tensor:
     """Resize ``[N, C, H, W]`` uint8-valued floats exactly like ``PIL.Image.resize(BICUBIC)``.
 
-    Bit-exact with Pillow on 8-bit RGB: horizontal pass, round and clip to 0–255, vertical
-    pass, round and clip, with Pillow's fixed-point taps (see :func:`_pil_bicubic_weights`).
-    Runs as two float64 matmuls on the input's device; returns float32 in 0–255.
+    ``torch``: bit-exact with Pillow on 8-bit RGB — horizontal pass, round and clip to 0–255,
+    vertical pass, round and clip, with Pillow's fixed-point taps (see
+    :func:`_pil_bicubic_weights`) — as two float64 matmuls on the input's device (the GPU
+    path). ``pil``: Pillow itself, frame by frame (3-channel CPU tensors only; ≈10× faster
+    than float64 matmuls on a CPU). ``auto``: ``pil`` for 3-channel CPU tensors, else
+    ``torch``. Returns float32 in 0–255 on the input's device.
     """
     n, c, h, w = x.shape
     if h == size and w == size:
         return x
+    if backend == "pil" or (backend == "auto" and x.device.type == "cpu" and c == 3):
+        return _resize_with_pil(x, size)
     one = float(1 << _PIL_PRECISION_BITS)
     half = float(1 << (_PIL_PRECISION_BITS - 1))
     y = x.to(torch.float64)
@@ -180,6 +187,14 @@ def resize_like_pil_bicubic(x: torch.Tensor, size: int) -> torch.Tensor:
         wv = _pil_bicubic_weights(h, size).to(y.device)
         y = torch.floor((wv @ y + half) / one).clamp_(0, 255)
     return y.to(torch.float32)
+
+
+def _resize_with_pil(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.device.type != "cpu" or x.shape[1] != 3:
+        raise ValueError(f"the pil backend takes 3-channel CPU tensors, not {x.shape[1]} on {x.device}")
+    frames = x.detach().round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in frames])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float()
 
 
 def normalize_crops(crops: torch.Tensor | np.ndarray, *, crop_size: int, input_size: int,

@@ -32,12 +32,15 @@ def test_bgr_raw_range() -> None:
     np.testing.assert_array_equal(out.numpy(), crops[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32))
 
 
+@pytest.mark.parametrize("backend", ["torch", "pil", "auto"])
 @pytest.mark.parametrize("src,dst", [(256, 224), (224, 256), (37, 16)])
-def test_resize_is_bit_exact_with_pil_bicubic(src: int, dst: int) -> None:
-    crop = _crops((src, src, 3), 3)
-    ref = np.asarray(Image.fromarray(crop).resize((dst, dst), Image.BICUBIC)).astype(np.float32)
-    ours = resize_like_pil_bicubic(torch.from_numpy(crop.copy()).permute(2, 0, 1)[None].float(), dst)[0]
-    np.testing.assert_array_equal(ours.permute(1, 2, 0).numpy(), ref)
+def test_resize_is_bit_exact_with_pil_bicubic(src: int, dst: int, backend: str) -> None:
+    crops = _crops((2, src, src, 3), 3)
+    ref = np.stack([np.asarray(Image.fromarray(c).resize((dst, dst), Image.BICUBIC)) for c in crops]).astype(np.float32)
+    ours = resize_like_pil_bicubic(torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float(), dst,
+                                   backend=backend)  # type: ignore[arg-type]
+    assert ours.dtype == torch.float32 and ours.shape == (2, 3, dst, dst)
+    np.testing.assert_array_equal(ours.permute(0, 2, 3, 1).numpy(), ref)
 
 
 def test_bad_crops_are_refused() -> None:

@@ -138,3 +138,23 @@ def test_precision_is_validated() -> None:
     assert load_config(overrides={}, environ={}).detectors.precision == "fp32"
     with pytest.raises(ConfigError, match=r"detectors\.precision"):
         load_config(overrides={"detectors": {"precision": "int8"}}, environ={})
+
+
+def test_channels_last_where_it_pays_off_on_a_cpu() -> None:
+    from stream_monitor.inference.runners import prefers_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with torch.device("meta"):  # layouts only: no weights allocated
+        resnet = models.create_model("caddm_resnet34")
+        effnet = models.create_model("caddm_efficientnet_b4")
+        psp = models.create_model("styleflow").psp
+    assert prefers_channels_last(resnet, cpu) and prefers_channels_last(psp, cpu)
+    assert not prefers_channels_last(effnet, cpu), "depthwise convolutions are slower in NHWC on a CPU"
+    assert prefers_channels_last(effnet, cuda) and prefers_channels_last(resnet, cuda)
+    # The engine's runners follow it: the conv weights are NHWC.
+    engine = _engine(detectors={"enabled": ["caddm", "styleflow"]})
+    for name, part in (("caddm", engine.runners["caddm"].model), ("styleflow", engine.runners["styleflow"].model.psp)):
+        assert engine.runners[name].channels_last, name
+        convs = [p for p in part.parameters() if p.dim() == 4 and min(p.shape[2:]) > 1]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                             for p in convs), name
