@@ -36,7 +36,22 @@ class BackoffConfig(_Section):
     jitter: float = Field(0.2, ge=0, lt=1)
 
 
+# FFmpeg hardware device types (``av_hwdevice_get_type_name``) ingest may decode on.
+HWAccelName = Literal["cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"]
+HWAccelSetting = Literal["auto", "none", "cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"]
+
+
 class IngestConfig(_Section):
+    """RTSP/file/HTTP ingest.
+
+    ``hwaccel``: where PyAV decodes video. ``"none"``: software; a device type (``"cuda"``,
+    ``"vaapi"``, ``"qsv"``, ``"videotoolbox"``, ``"d3d11va"``): that device; ``"auto"``: the
+    first of cuda, vaapi, qsv, videotoolbox, d3d11va that this host can open, else software.
+    A device that cannot be opened, or cannot decode a stream, falls back to software with a
+    log line; frames are the same uint8 RGB arrays either way
+    (:mod:`stream_monitor.ingest.av_reader`).
+    """
+
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     open_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
@@ -45,6 +60,7 @@ class IngestConfig(_Section):
     queue_frames: int = Field(8, ge=1)
     realtime: bool = True
     max_fps: float | None = Field(None, gt=0)
+    hwaccel: HWAccelSetting = "auto"
 
 
 class StreamConfig(_Section):

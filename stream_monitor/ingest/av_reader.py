@@ -20,24 +20,51 @@ Timeouts: PyAV's interrupt callback aborts an open after ``open_timeout`` s and 
 read after ``read_timeout`` s. FFmpeg's RTSP demuxer retries once after an interrupted
 read, so a silent RTSP server is reported after about twice ``read_timeout`` (measured
 with FFmpeg 8 over TCP and UDP); the supervisor's stall watchdog is the backstop.
+
+Hardware decode (``hwaccel``, as ``ingest.hwaccel``): :func:`resolve_decoder` turns the
+setting into a device type or ``"software"``, probing each device once per process
+(:func:`device_problem`). PyAV creates the device inside ``av.open`` and downloads every
+decoded picture to system memory (``HWAccel(is_hw_owned=False)``), so frames are the same
+uint8 RGB arrays as in software. Decoding falls back to software, never to an error: a device
+that cannot be created (probe, or ``av.open``), a codec without a hardware config for the
+device (PyAV then opens that stream in software), a profile the device rejects (FFmpeg's own
+``allow_software_fallback``), and a hardware decode error after the first keyframe but
+before the first frame (the container is reopened in software; no frame has left yet, so
+none is lost). Later decode errors count as bad packets, as in software. Each stream
+open logs the decoder in use at INFO.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import av.error
+from av.codec.hwaccel import HWAccel, hwdevices_available
+from av.video.stream import VideoStream
 
+from ..config import HWAccelName, HWAccelSetting
 from ..errors import SourceError
 from ..types import Frame
+
+log = logging.getLogger(__name__)
 
 # Consecutive packets that fail to decode before the stream counts as undecodable; a few
 # bad packets (packet loss on UDP, a damaged GOP) are normal and only cost frames.
 MAX_BAD_PACKETS = 50
 _TIMEOUT_ERRORS = (av.error.ExitError, av.error.TimeoutError)
+
+# The order "auto" tries device types in: NVDEC first (the GPU hosts), then the Linux,
+# Intel, macOS and Windows APIs. Names are FFmpeg's (``av_hwdevice_get_type_name``).
+HWACCEL_PREFERENCE: tuple[HWAccelName, ...] = ("cuda", "vaapi", "qsv", "videotoolbox", "d3d11va")
+# Decoders the device probe looks in for a hardware config: what cameras and files carry.
+_PROBE_CODECS = ("h264", "hevc", "av1", "vp9", "mpeg2video", "mjpeg")
+_logged_once: set[str] = set()
+_logged_once_lock = threading.Lock()
 
 
 def _reason(exc: BaseException) -> str:
@@ -50,37 +77,166 @@ def _timed_out(exc: BaseException, elapsed: float, limit: float | None) -> bool:
     return isinstance(exc, _TIMEOUT_ERRORS) or (limit is not None and elapsed >= 0.9 * limit)
 
 
+def _log_once(key: str, level: int, msg: str, *args: object) -> None:
+    with _logged_once_lock:
+        if key in _logged_once:
+            return
+        _logged_once.add(key)
+    log.log(level, msg, *args)
+
+
+def choose_device(setting: str, usable: Callable[[str], bool]) -> str | None:
+    """The hardware device type ``setting`` (an ``ingest.hwaccel`` value) picks, or None for software.
+
+    ``"none"``: None. A device type: itself if ``usable(it)``, else None. ``"auto"``: the first
+    of :data:`HWACCEL_PREFERENCE` that is ``usable``, else None. ``usable`` is asked in that
+    order and no further than the first yes (asking may create a device).
+    """
+    if setting == "none":
+        return None
+    candidates: tuple[str, ...] = HWACCEL_PREFERENCE if setting == "auto" else (setting,)
+    return next((device for device in candidates if usable(device)), None)
+
+
+def _supports(codec: av.Codec, device: str) -> bool:
+    """Whether FFmpeg's ``codec`` can decode on ``device`` through a device context (what PyAV uses)."""
+    try:
+        return any(c.is_supported and c.device_type.name == device for c in codec.hardware_configs)
+    except ValueError:  # a device type newer than PyAV's HWDeviceType enum
+        return False
+
+
+@functools.cache
+def device_problem(device: str) -> str | None:
+    """Why this process cannot decode on ``device`` (an FFmpeg device type name); None if it can.
+
+    Checks that the loaded FFmpeg was built with the type, that one of the usual decoders
+    (h264, hevc, av1, vp9, mpeg2video, mjpeg) has a hardware config for it, and creates one
+    device context (freed at once). Cached per process: a CUDA context costs tens of
+    milliseconds to create, and a host's devices do not change under a running process.
+    """
+    built = hwdevices_available()
+    if device not in built:
+        return f"this FFmpeg was built without {device} (it has: {', '.join(built) or 'none'})"
+    for name in _PROBE_CODECS:
+        try:
+            codec = av.Codec(name, "r")
+        except ValueError:  # UnknownCodecError: not in this build
+            continue
+        if _supports(codec, device):
+            break
+    else:
+        return f"none of this FFmpeg's {'/'.join(_PROBE_CODECS)} decoders can use {device}"
+    try:
+        HWAccel(device, allow_software_fallback=True).create(codec)
+    except (av.error.FFmpegError, OSError, NotImplementedError) as exc:
+        return f"cannot create a {device} device ({_reason(exc)})"
+    return None
+
+
+def _resolve(setting: HWAccelSetting) -> tuple[str, str | None]:
+    """(decoder, why): a device type or ``"software"``, and why a named device was not used."""
+    device = choose_device(setting, lambda d: device_problem(d) is None)
+    if device is not None:
+        return device, None
+    if setting == "none":
+        return "software", None
+    if setting == "auto":
+        tried = "; ".join(f"{d}: {device_problem(d)}" for d in HWACCEL_PREFERENCE)
+        _log_once("auto", logging.INFO, "ingest.hwaccel=auto: no usable hardware decoder, decoding "
+                  "in software (%s)", tried)
+        return "software", None
+    why = device_problem(setting)
+    _log_once(setting, logging.WARNING, "ingest.hwaccel=%s: %s; decoding in software "
+              "(ingest.hwaccel: none or auto silences this)", setting, why)
+    return "software", why
+
+
+def resolve_decoder(setting: HWAccelSetting) -> str:
+    """The decoder ``ingest.hwaccel = setting`` gives on this host: a device type or ``"software"``.
+
+    The first call per device type probes it (:func:`device_problem`); why a named device, or
+    every device for ``"auto"``, is unusable is logged once per process (WARNING for a named
+    device, INFO for ``"auto"``). A stream whose codec the device cannot decode still decodes
+    in software; :func:`read_video` logs what each stream got.
+    """
+    return _resolve(setting)[0]
+
+
 def open_container(target: str, shown: str, options: dict[str, str], open_timeout: float | None,
-                   read_timeout: float | None) -> av.container.InputContainer:
-    """``av.open`` for reading with timeouts; failures become SourceError naming ``shown``."""
+                   read_timeout: float | None, hwaccel: HWAccel | None = None) -> av.container.InputContainer:
+    """``av.open`` for reading with timeouts; failures become SourceError naming ``shown``.
+
+    With ``hwaccel`` video decoders get that device (PyAV creates it during the open). If that
+    open fails other than by a timeout, the target is opened again in software and a WARNING
+    names the hardware failure; only the software failure, if any, is raised. Whether a stream
+    got the device: ``stream.codec_context.is_hwaccel``.
+    """
     started = time.monotonic()
     try:
-        return av.open(target, mode="r", options=options, timeout=(open_timeout, read_timeout))
+        return av.open(target, mode="r", options=options, timeout=(open_timeout, read_timeout),
+                       hwaccel=hwaccel)
     except (av.error.FFmpegError, OSError) as exc:
         elapsed = time.monotonic() - started
         if _timed_out(exc, elapsed, open_timeout):
             raise SourceError(f"{shown}: open timed out: no answer within {elapsed:.1f}s "
                               f"(ingest.open_timeout_s={open_timeout}; {_reason(exc)})") from exc
+        if hwaccel is not None:
+            # Device creation fails after the demuxer opened, so this may well be the device;
+            # a software open tells: if it fails too, its error is the one that matters.
+            container = open_container(target, shown, options, open_timeout, read_timeout)
+            log.warning("%s: opening with hardware decode failed (%s); decoding in software",
+                        shown, _reason(exc))
+            return container
         raise SourceError(f"{shown}: cannot open ({_reason(exc)})") from exc
+
+
+def _first_video(container: av.container.InputContainer, shown: str) -> VideoStream:
+    if not container.streams.video:
+        raise SourceError(f"{shown}: no video stream (streams: "
+                          f"{', '.join(s.type for s in container.streams) or 'none'})")
+    return container.streams.video[0]
+
+
+def _decoder_in_use(stream_id: str, stream: VideoStream, setting: HWAccelSetting, device: str,
+                    why: str | None) -> str:
+    """The decoder ``stream`` got (a device type or ``"software"``), logged at INFO with the reason
+    when it is not the device asked for."""
+    ctx = stream.codec_context
+    decoder = device if device != "software" and ctx.is_hwaccel else "software"
+    if decoder == "software" and device != "software":
+        why = (f"opening with {device} failed" if _supports(ctx.codec, device)
+               else f"FFmpeg's {ctx.codec.name} decoder cannot use {device}")
+    note = f" (ingest.hwaccel={setting}: {why})" if why else ""
+    where = "in software" if decoder == "software" else f"on {decoder}"
+    log.info("%s: decoding %s %dx%d %s%s", stream_id, ctx.codec.name, ctx.width, ctx.height, where, note)
+    return decoder
 
 
 def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, str] | None = None,
                open_timeout: float | None = None, read_timeout: float | None = None,
-               stop: threading.Event | None = None, pace: bool = False) -> Iterator[Frame]:
-    """Frames of the first video stream of ``target`` (see the module docstring)."""
+               stop: threading.Event | None = None, pace: bool = False,
+               hwaccel: HWAccelSetting = "none") -> Iterator[Frame]:
+    """Frames of the first video stream of ``target`` (see the module docstring).
+
+    ``hwaccel`` picks the decoder as ``ingest.hwaccel`` does (software by default); frames are
+    uint8 RGB ``[H, W, 3]`` in system memory whichever decoder runs.
+    """
     stop = stop or threading.Event()
-    container = open_container(target, shown, options or {}, open_timeout, read_timeout)
+    options = options or {}
+    device, why = _resolve(hwaccel)
+    container = open_container(target, shown, options, open_timeout, read_timeout,
+                               None if device == "software" else HWAccel(device, allow_software_fallback=True))
     try:
-        if not container.streams.video:
-            raise SourceError(f"{shown}: no video stream (streams: "
-                              f"{', '.join(s.type for s in container.streams) or 'none'})")
-        stream = container.streams.video[0]
+        stream = _first_video(container, shown)
+        decoder = _decoder_in_use(stream_id, stream, hwaccel, device, why)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         period = 1.0 / float(rate) if rate else 1.0 / 25.0
         index = 0
         last_pts: float | None = None
         clock_ref: tuple[float, float] | None = None  # (monotonic, pts) that pacing counts from
         bad_packets = 0
+        keyframe_seen = False
         packets = container.demux(stream)
         while not stop.is_set():
             read_started = time.monotonic()
@@ -94,13 +250,30 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                     raise SourceError(f"{shown}: read timed out: no data for {elapsed:.1f}s "
                                       f"(ingest.read_timeout_s={read_timeout}; {_reason(exc)})") from exc
                 raise SourceError(f"{shown}: read failed after {index} frames ({_reason(exc)})") from exc
+            keyframe_seen = keyframe_seen or packet.is_keyframe
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:
+                if decoder != "software" and index == 0 and keyframe_seen:
+                    # Errors before a keyframe are the stream's (a live join mid-GOP); from one
+                    # on, with no frame out yet, the device cannot decode this stream (driver,
+                    # profile, size). No frame has left, so a software reopen loses none.
+                    log.warning("%s: %s decode failed before the first frame (%s); reopening in software",
+                                stream_id, decoder, _reason(exc))
+                    container.close()
+                    container = open_container(target, shown, options, open_timeout, read_timeout)
+                    stream = _first_video(container, shown)
+                    decoder = _decoder_in_use(stream_id, stream, hwaccel, "software",
+                                              f"{device} decode failed")
+                    packets = container.demux(stream)
+                    bad_packets = 0
+                    keyframe_seen = False
+                    continue
                 bad_packets += 1
                 if bad_packets >= MAX_BAD_PACKETS:
+                    hint = "" if decoder == "software" else f"; decoder {decoder}, ingest.hwaccel=none decodes in software"
                     raise SourceError(f"{shown}: undecodable video ({bad_packets} packets in a row failed; "
-                                      f"last: {_reason(exc)})") from exc
+                                      f"last: {_reason(exc)}{hint})") from exc
                 continue
             bad_packets = 0
             for vf in decoded:

@@ -91,7 +91,7 @@ def test_supervisor_reconnects_after_a_server_restart_while_another_stream_runs(
     async def on_other(frame: Frame) -> None:
         other.append(frame)
 
-    sup = StreamSupervisor("cam", rtsp_server.url("/test"), cfg, metrics, on_cam, sessions.append)
+    sup = StreamSupervisor("cam", rtsp_server.url("/test"), cfg, metrics, on_cam, lambda n, live: sessions.append(n))
     side = StreamSupervisor("side", "synthetic:astronaut?fps=25&size=160x120", cfg, metrics, on_other)
 
     async def main() -> None:
