@@ -153,9 +153,18 @@ class DetectorsConfig(_Section):
     worker_threads: Literal["auto", "shared", "per_detector"] = "auto"
     # Autocast of the model forwards (stream_monitor.inference.runners); fp16 needs CUDA.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile of the model forwards (stream_monitor.inference.runners): off, an inductor
+    # mode (reduce-overhead adds CUDA graphs), or aot_eager (graph capture only, no codegen).
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"] = "off"
     caddm: DetectorConfig = DetectorConfig()
     sta: DetectorConfig = DetectorConfig()
     styleflow: DetectorConfig = DetectorConfig()
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: object) -> object:
+        # YAML reads a bare `off`/`on` as a boolean.
+        return {False: "off", True: "default"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("enabled")
     @classmethod

@@ -137,6 +137,12 @@ def render_table(report: dict[str, Any]) -> str:
     lines.append(f"{'all':<10} {'':>9} {'':>7} {'':>5} {'':>7} {p['throughput_all']:>8.3f} {'':>3} "
                  f"{_num(base['throughput_all'] if base else None, '.3f'):>8} "
                  f"{_num(ratio.get('all') if ratio else None, '.2f'):>7}")
+    if any(not row["saturated"] for row in p["detectors"].values()):
+        lines += ["", "not saturated: the paced streams offered less than the monitor can do, so ours and the "
+                      "ratio are lower bounds; add --streams, or --pace unpaced to measure capacity"]
+    elif sc.get("pace") == "unpaced" and len(p["detectors"]) > 1:
+        lines += ["", "unpaced with several detectors: frames flow at the pace of the slowest lane, so the "
+                      "per-detector rows are bounded by it; 'all' is the comparison (--detectors X for one)"]
     if base:
         lines += ["", f"baseline (the authors' loops) over {base['media_s']:g} s of the same media:"]
         for d, b in base["detectors"].items():

@@ -150,7 +150,8 @@ class Engine:
             spec = window_spec(detector, card, det_cfg.sample_fps, det_cfg.window_len, det_cfg.window_stride)
             fingerprint = model_fingerprint(name, weights.files if weights else ())
             self.runners[detector] = RUNNERS[detector](detector, model, card, fingerprint, spec, self.device,
-                                                       precision, align_on_device=self.align_device is not None)
+                                                       precision, align_on_device=self.align_device is not None,
+                                                       compile=dcfg.compile)
             log.info("detector %s: %s on %s (%s), window %d/%d at %s fps", detector,
                      self.runners[detector].model_id, self.device, precision, spec.window_len, spec.stride,
                      spec.sample_fps or "every")

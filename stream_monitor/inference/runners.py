@@ -34,6 +34,16 @@ on CUDA (what tensor-core convolutions want) and, on a CPU, when they have no gr
 35 % faster on the 2-core dev box, but EfficientNet-B4's depthwise layers 17 % slower
 (:func:`prefers_channels_last`). The layout changes no result beyond float rounding.
 
+Compilation (``detectors.compile``, default ``off``): the forwards each runner calls (the
+model; StyleFlow's ``encode_frames`` and ``forward_from_latents``) go through
+``torch.compile`` with the chosen inductor mode (``reduce-overhead`` also captures CUDA
+graphs, one per batch shape) or the ``aot_eager`` backend (graph capture without code
+generation: checks that a model traces, changes no number). Batch sizes vary, so shapes
+are marked dynamic after the first recompile (torch's default). The first batch of each
+shape pays the compilation (seconds to minutes for full-size models), which is why it is
+off by default and meant for long-running GPU workers; outputs match eager within float
+rounding (``tests/stream_monitor/test_precision.py``).
+
 Crops (``faces.align_device``): window patches are host arrays (OpenCV alignment) or
 crops already on the device (batched alignment, :mod:`stream_monitor.faces.align`); the
 runners take either (:func:`~stream_monitor.faces.align.stack_on_device`). With
@@ -46,7 +56,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +70,7 @@ from ..windows import WindowSpec
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"]
 _AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Largest |p_autocast - p_fp32| accepted on the golden parity inputs (see the module docstring).
 AUTOCAST_TOLERANCE = 0.02
@@ -84,6 +95,15 @@ def prefers_channels_last(module: torch.nn.Module, device: torch.device) -> bool
     return not any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in module.modules())
 
 
+def compiled(fn: Callable[..., Any], mode: CompileMode) -> Callable[..., Any]:
+    """``fn`` through ``torch.compile`` per ``detectors.compile`` (see the module docstring)."""
+    if mode == "off":
+        return fn
+    if mode == "aot_eager":
+        return torch.compile(fn, backend="aot_eager")
+    return torch.compile(fn, mode=mode)
+
+
 class DetectorRunner(Protocol):
     name: str
     card: ModelCard
@@ -105,6 +125,7 @@ class _Base:
     device: torch.device
     precision: Precision = "fp32"
     align_on_device: bool = False  # per-clip windows warped on ``device`` (batched torch), not with OpenCV
+    compile: CompileMode = "off"
     # The model's 2D-convolution part may run channels_last (prefers_channels_last, _conv_part).
     channels_last_convs: ClassVar[bool] = False
 
@@ -115,6 +136,7 @@ class _Base:
         self.channels_last = self.channels_last_convs and prefers_channels_last(self._conv_part(), self.device)
         if self.channels_last:
             self._conv_part().to(memory_format=torch.channels_last)
+        self._forward = compiled(self.model, self.compile)
 
     def _conv_part(self) -> torch.nn.Module:
         return self.model  # type: ignore[no-any-return]
@@ -146,7 +168,7 @@ class PerFrameRunner(_Base):
             items = list(todo.values())
             x = self._conv_input(self.card.preprocess(stack_on_device([it.patch for it in items], self.device)))
             with self._autocast():
-                probs = self.model(x).float().cpu().tolist()
+                probs = self._forward(x).float().cpu().tolist()
             for item, p in zip(items, probs):
                 item.cache[self.name] = float(p)
             self.frames_computed += len(items)
@@ -160,7 +182,7 @@ class ClipRunner(_Base):
         crops = torch.stack([self.aligner.clip_tensor(clip.items, self.device) for clip in clips])
         x = self.card.preprocess(crops)
         with self._autocast():
-            probs = self.model(x)
+            probs = self._forward(x)
         return [float(p) for p in probs.float().cpu().tolist()]
 
 
@@ -168,6 +190,11 @@ class StyleFlowRunner(_Base):
     """StyleFlow: per-clip alignment, pSp latents cached per (frame, clip transform)."""
 
     channels_last_convs = True  # the pSp encoder; the content branch's convolutions are 3D
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._encode = compiled(self.model.encode_frames, self.compile)
+        self._from_latents = compiled(self.model.forward_from_latents, self.compile)
 
     def _conv_part(self) -> torch.nn.Module:
         return self.model.psp  # type: ignore[no-any-return]
@@ -189,14 +216,14 @@ class StyleFlowRunner(_Base):
                 with self._autocast():
                     # float32 in the cache: the style flow subtracts neighbouring frames'
                     # latents, which must not happen in bf16/fp16.
-                    codes = self.model.encode_frames(self._conv_input(frames[rows])).float()
+                    codes = self._encode(self._conv_input(frames[rows])).float()
                 for i, code in zip(rows, codes):
                     clip.items[i].cache[key] = code
                 self.frames_computed += len(rows)
             latents.append(torch.stack([it.cache[key] for it in clip.items]))
             videos.append(self.model.content_input(frames).transpose(0, 1))  # [3, T, s, s]
         with self._autocast():
-            probs = self.model.forward_from_latents(torch.stack(latents), torch.stack(videos))
+            probs = self._from_latents(torch.stack(latents), torch.stack(videos))
         return [float(p) for p in probs.float().cpu().tolist()]
 
 

@@ -158,3 +158,37 @@ def test_channels_last_where_it_pays_off_on_a_cpu() -> None:
         convs = [p for p in part.parameters() if p.dim() == 4 and min(p.shape[2:]) > 1]
         assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                              for p in convs), name
+
+
+def test_compiled_forwards_give_the_eager_scores() -> None:
+    """``detectors.compile``: the runners' forwards go through torch.compile (here the aot_eager
+    backend: dynamo capture + AOTAutograd, no C++ compiler needed) with the eager results."""
+    from stream_monitor.config import DetectorsConfig
+
+    assert DetectorsConfig(compile=False).compile == "off"  # YAML's bare `off`
+    with pytest.raises(ValueError, match="compile"):
+        DetectorsConfig(compile="fast")
+    torch._dynamo.reset()
+    scores = {}
+    for mode in ("off", "aot_eager"):
+        engine = _engine(detectors={"enabled": ["caddm", "styleflow"], "compile": mode})
+        if mode != "off":
+            assert all(type(r._forward).__name__ == "OptimizedModule" for r in engine.runners.values())
+
+        async def main() -> dict[str, list[float]]:
+            await engine.start()
+            await engine.open_stream("a")
+            analyses = await asyncio.gather(*(engine.analyse(f) for f in _frames("a", 40)))
+            clips = [c for a in analyses if a is not None for c in a.clips]
+            clips += (await engine.close_stream("a")).clips
+            out: dict[str, list[float]] = {}
+            for c in clips:
+                out.setdefault(c.detector, []).append(await engine.score(c))
+            await engine.stop()
+            return out
+
+        scores[mode] = asyncio.run(main())
+    assert set(scores["off"]) == {"caddm", "styleflow"}
+    for d in scores["off"]:
+        assert len(scores["off"][d]) == len(scores["aot_eager"][d]) > 0
+        assert max(abs(a - b) for a, b in zip(scores["off"][d], scores["aot_eager"][d])) < 1e-5, d
