@@ -1,7 +1,8 @@
 """Track-guided face detection: look for known faces only where their tracks predict them.
 
-Full-frame detection dominates the per-frame cost of a stream (MTCNN: ≈60 ms for a 720p
-frame, ≈110 ms at 1080p on the 2-core dev box; BENCHMARKS.md), although between two
+Full-frame detection dominates the per-frame cost of a stream (MTCNN: 60–90 ms for a 720p
+frame, 110–125 ms at 1080p on the 2-core dev box, a region 2.3–3.3× less; BENCHMARKS.md,
+``tools/bench_front.py``), although between two
 sampled frames a tracked face moves a fraction of its size. So, per frame, when every live
 track of the stream was seen on its last analysed frame and a full-frame pass happened less
 than ``faces.roi.refresh_s`` ago, the detector runs on one *region* per track instead of
