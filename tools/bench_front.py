@@ -18,6 +18,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +40,8 @@ Row = tuple[str, Callable[[], Any], Callable[[], Any]]
 def _side_by_side(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
     """Medians (s) of ``a`` and ``b``, called alternately after one warm-up call each."""
     a(), b()
-    ta, tb = [], []
+    ta: list[float] = []
+    tb: list[float] = []
     for _ in range(repeats):
         for fn, out in ((a, ta), (b, tb)):
             t0 = time.perf_counter()
@@ -56,8 +58,8 @@ def _face_rows(device: torch.device) -> list[Row]:
         scene = SyntheticScene(SyntheticSpec(fps=30, width=width, height=height, faces=1))
         prior = [f.box for f in detector.detect([scene.render(0)])[0]]
         frame = scene.render(4)  # one CADDM sample (8 fps of 30) later
-        rows.append((f"MTCNN {height}p: full frame | region", lambda f=frame: detector.detect([f]),
-                     lambda f=frame, p=prior: regions.detect([f], [p])))
+        rows.append((f"MTCNN {height}p: full frame | region", partial(detector.detect, [frame]),
+                     partial(regions.detect, [frame], [prior])))
     return rows
 
 
@@ -71,7 +73,7 @@ def _layout_rows(device: torch.device) -> list[Row]:
         x = torch.rand(n, 3, 224, 224, device=device) * 255
         xl = x.contiguous(memory_format=torch.channels_last)
         label = f"{name}{' small' if overrides else ''}, {n} frames: NCHW | channels-last"
-        rows.append((label, lambda m=nchw, x=x: m(x), lambda m=nhwc, x=xl: m(x)))
+        rows.append((label, partial(nchw, x), partial(nhwc, xl)))
     return rows
 
 
