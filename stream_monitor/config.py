@@ -135,6 +135,9 @@ class DetectorConfig(_Section):
     window_stride: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     max_wait_ms: float = Field(50.0, ge=0)
+    # Live streams' windows waiting longer than this are shed (counted): bounds alert latency under
+    # overload (stream_monitor.inference.batcher). Sources that are not live are never shed.
+    max_queue_s: float = Field(10.0, gt=0)
     overrides: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("sample_fps")

@@ -4,8 +4,9 @@
 ``max_inflight`` frames are already in the engine (then it waits: the supervisor's bounded
 buffer drops the oldest frames of a live source meanwhile). A source that is not live (a
 file without ``ingest.realtime``) also waits while ``max_pending_windows`` of its windows are
-unscored, so its work is held back rather than shed (the lanes shed only when many such
-streams share them). A frame that no detector
+unscored, and its frames and windows go to the lanes as not sheddable: its work is held back,
+never shed. A live source's windows are shed when a lane is overloaded (too many waiting, or
+waiting longer than ``detectors.<d>.max_queue_s``), which bounds its alert latency. A frame that no detector
 samples is skipped by the engine before face detection (``faces.detect_fps``): it takes
 no place in flight, is not counted as analysed, and leaves the operator page's picture
 (the last *analysed* frame, whose faces the page draws) as it was. Analyses are handled strictly
@@ -92,7 +93,7 @@ class StreamPipeline:
             await asyncio.wait(set(self._unscored), return_when=asyncio.FIRST_COMPLETED)
         if self._aborted:
             return
-        fut = self.engine.detect(request)
+        fut = self.engine.detect(request, sheddable=not self.lossless)
         self._inflight.append((frame, fut))
         fut.add_done_callback(lambda _: self._drain())
 
@@ -184,7 +185,7 @@ class StreamPipeline:
             self._spawn(self._end_track(track_id, pending))
 
     def _submit(self, clip: Clip) -> None:
-        fut = self.engine.score(clip)
+        fut = self.engine.score(clip, sheddable=not self.lossless)
         self._pending_scores.setdefault(clip.track_id, set()).add(fut)
         self._unscored.add(fut)
         fut.add_done_callback(lambda f: self._on_score(clip, f))

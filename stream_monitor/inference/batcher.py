@@ -21,7 +21,14 @@ Its contract:
   is oldest) is shed: its future fails with :class:`Shed` and ``on_shed(request)`` is
   called, so the caller counts it per stream and stage. A flooding stream sheds its own
   backlog (oldest first: for live video the newest frames matter most) and cannot push
-  the other streams' work out; latency stays bounded because the pending total does.
+  the other streams' work out.
+* **Shedding by age.** With ``max_age_s``, a request that has waited longer than that when
+  a batch is formed is shed the same way (counted), so under sustained overload the
+  queueing delay — and the alert latency — stays bounded by ``max_age_s`` instead of
+  growing until ``max_pending`` is reached (a backlog of slow windows can take minutes).
+* **Work that must not be lost.** A request submitted with ``sheddable=False`` (a source
+  that is not live: its producer waits for results instead) is never shed, by count or
+  by age; such producers bound their own backlog.
 
 Everything here runs on the asyncio loop; only ``run_batch`` runs on the worker thread.
 """
@@ -55,6 +62,7 @@ class _Waiting(NamedTuple, Generic[Req, Res]):
     request: Req
     future: "asyncio.Future[Res]"
     since: float  # time.monotonic() at submit
+    sheddable: bool = True
 
 
 class Batcher(Generic[Req, Res]):
@@ -62,10 +70,11 @@ class Batcher(Generic[Req, Res]):
 
     def __init__(self, name: str, worker: InferenceWorker, run_batch: Callable[[list[Req]], Sequence[Res]], *,
                  max_batch: int = 8, max_wait_s: float = 0.05, max_pending: int = 256, max_inflight: int = 1,
-                 on_batch: Callable[[int, float], None] | None = None,
+                 max_age_s: float | None = None, on_batch: Callable[[int, float], None] | None = None,
                  on_shed: Callable[[Req], None] | None = None,
                  key: Callable[[Req], Hashable] = stream_of) -> None:
-        if max_batch < 1 or max_pending < max_batch or max_inflight < 1 or max_wait_s < 0:
+        if max_batch < 1 or max_pending < max_batch or max_inflight < 1 or max_wait_s < 0 or \
+                (max_age_s is not None and max_age_s <= 0):
             raise ValueError(f"bad batcher settings for {name}")
         self.name = name
         self._worker = worker
@@ -74,6 +83,7 @@ class Batcher(Generic[Req, Res]):
         self.max_wait_s = max_wait_s
         self.max_pending = max_pending
         self.max_inflight = max_inflight
+        self.max_age_s = max_age_s
         self._on_batch = on_batch
         self._on_shed = on_shed
         self._key = key
@@ -92,8 +102,9 @@ class Batcher(Generic[Req, Res]):
         """Requests waiting, all streams together."""
         return self._total
 
-    def submit(self, request: Req) -> "asyncio.Future[Res]":
-        """Queue a request; the returned future resolves with its result (or :class:`Shed`)."""
+    def submit(self, request: Req, sheddable: bool = True) -> "asyncio.Future[Res]":
+        """Queue a request; the returned future resolves with its result (or :class:`Shed`,
+        never for ``sheddable=False``)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Res] = loop.create_future()
         k = self._key(request)
@@ -101,18 +112,34 @@ class Batcher(Generic[Req, Res]):
         if queue is None:
             queue = self._queues[k] = deque()
             self._ring.append(k)  # a newly busy stream takes its turn after those already waiting
-        queue.append(_Waiting(request, fut, time.monotonic()))
+        queue.append(_Waiting(request, fut, time.monotonic(), sheddable))
         self._total += 1
-        while self._total > self.max_pending:
-            self._shed_one()
+        while self._total > self.max_pending and self._shed_one():
+            pass
         self._schedule()
         return fut
 
-    def _shed_one(self) -> None:
+    def _shed_one(self) -> bool:
+        """Shed the busiest stream's oldest request; False when nothing waiting may be shed."""
         # The busiest stream pays; among equals, the one holding the oldest request. O(streams),
-        # and only under overload.
-        k = max(self._queues, key=lambda s: (len(self._queues[s]), -self._queues[s][0].since))
-        old = self._pop(k)
+        # and only under overload. A stream's requests are all sheddable or all not (one source).
+        candidates = [s for s, q in self._queues.items() if q[0].sheddable]
+        if not candidates:
+            return False
+        k = max(candidates, key=lambda s: (len(self._queues[s]), -self._queues[s][0].since))
+        self._shed(self._pop(k))
+        return True
+
+    def _shed_expired(self) -> None:
+        """Shed every sheddable request older than ``max_age_s`` (heads of the per-stream FIFOs)."""
+        if self.max_age_s is None:
+            return
+        limit = time.monotonic() - self.max_age_s
+        for k in list(self._queues):
+            while k in self._queues and self._queues[k][0].sheddable and self._queues[k][0].since < limit:
+                self._shed(self._pop(k))
+
+    def _shed(self, old: _Waiting[Req, Res]) -> None:
         self.shed += 1
         if not old.future.done():
             old.future.set_exception(Shed(f"{self.name}: shed under overload"))
@@ -168,6 +195,7 @@ class Batcher(Generic[Req, Res]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._shed_expired()
         live = [w for w in self._take() if not w.future.cancelled()]
         if not live:
             self._schedule()

@@ -192,8 +192,9 @@ class Engine:
         def shed(clip: Clip) -> None:
             self.metrics.frames_dropped.labels(clip.stream_id, f"window_{detector}").inc()
 
-        return Batcher(detector, self._worker_for(detector), runner.run, max_batch=dc.batch_size, max_wait_s=dc.max_wait_ms / 1000,
-                       max_pending=max(32, 8 * dc.batch_size), max_inflight=1,
+        return Batcher(detector, self._worker_for(detector), runner.run, max_batch=dc.batch_size,
+                       max_wait_s=dc.max_wait_ms / 1000, max_pending=max(32, 8 * dc.batch_size), max_inflight=1,
+                       max_age_s=dc.max_queue_s,
                        on_batch=lambda n, s: self._observe(detector, n, s), on_shed=shed)
 
     async def stop(self) -> None:
@@ -281,15 +282,18 @@ class Engine:
             return None
         return DetectRequest(frame, None if gate is None or gate.every_frame else due)
 
-    def detect(self, request: DetectRequest) -> "asyncio.Future[FrameAnalysis]":
-        """Face detection and tracking/windowing of an admitted frame (batched)."""
+    def detect(self, request: DetectRequest, sheddable: bool = True) -> "asyncio.Future[FrameAnalysis]":
+        """Face detection and tracking/windowing of an admitted frame (batched); ``sheddable``
+        False for a source that is not live (its frame is never shed)."""
         assert self._faces is not None, "start() first"
-        return self._faces.submit(request)
+        return self._faces.submit(request, sheddable)
 
     def analyse(self, frame: Frame) -> "asyncio.Future[FrameAnalysis] | None":
         """:meth:`admit` then :meth:`detect`: ``None`` for a skipped frame."""
         request = self.admit(frame)
         return None if request is None else self.detect(request)
 
-    def score(self, clip: Clip) -> "asyncio.Future[float]":
-        return self._lanes[clip.detector].submit(clip)
+    def score(self, clip: Clip, sheddable: bool = True) -> "asyncio.Future[float]":
+        """The clip's probability from its detector lane; a sheddable (live) clip may fail with
+        :class:`Shed` under overload (too many waiting, or waiting over ``max_queue_s``)."""
+        return self._lanes[clip.detector].submit(clip, sheddable)

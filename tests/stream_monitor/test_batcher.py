@@ -289,3 +289,61 @@ def test_a_flooding_stream_cannot_starve_the_others(worker: InferenceWorker) -> 
     assert shed_a == sorted(shed_a) == dropped
     served_a = [r.n for batch in batches for r in batch if r.stream_id == "A"]
     assert served_a == sorted(served_a) and len(served_a) + len(dropped) == len(flood)
+
+
+def test_requests_waiting_longer_than_max_age_are_shed(worker: InferenceWorker) -> None:
+    """While the worker is held, 4 requests age past max_age_s and 2 fresh ones arrive: at the
+    next batch the old ones are shed (counted, oldest first) and only the fresh ones run."""
+    gate = threading.Event()
+    shed: list[str] = []
+    ran: list[list[str]] = []
+
+    def run(batch: list[str]) -> list[str]:
+        if batch == ["hold"]:
+            gate.wait(5)
+        ran.append(batch)
+        return batch
+
+    async def main() -> list[object]:
+        b = Batcher("t", worker, run, max_batch=8, max_wait_s=0.0, max_pending=64, max_age_s=0.3,
+                    on_shed=shed.append, key=lambda r: r[0])
+        hold = b.submit("hold")
+        await asyncio.sleep(0.05)  # "hold" is on the worker now
+        old = [b.submit(r) for r in ("a0", "b0", "a1", "b1")]
+        await asyncio.sleep(0.4)
+        fresh = [b.submit(r) for r in ("a2", "b2")]
+        gate.set()
+        return list(await asyncio.gather(hold, *old, *fresh, return_exceptions=True))
+
+    results = asyncio.run(main())
+    assert results[0] == "hold" and all(isinstance(r, Shed) for r in results[1:5]) and results[5:] == ["a2", "b2"]
+    assert sorted(shed) == ["a0", "a1", "b0", "b1"] and ran[1:] == [["a2", "b2"]]
+
+
+def test_work_that_must_not_be_lost_is_never_shed(worker: InferenceWorker) -> None:
+    """sheddable=False requests survive both the count and the age limit; sheddable ones of
+    another stream are shed instead."""
+    gate = threading.Event()
+    shed: list[str] = []
+
+    def run(batch: list[str]) -> list[str]:
+        if batch == ["hold"]:
+            gate.wait(5)
+        return batch
+
+    async def main() -> tuple[list[object], list[object]]:
+        b = Batcher("t", worker, run, max_batch=2, max_wait_s=0.0, max_pending=4, max_age_s=0.2,
+                    on_shed=shed.append, key=lambda r: r[0])
+        hold = b.submit("hold")
+        await asyncio.sleep(0.05)
+        kept = [b.submit(f"f{i}", sheddable=False) for i in range(6)]  # over max_pending on its own
+        live = [b.submit(f"l{i}") for i in range(2)]
+        await asyncio.sleep(0.3)  # every request is now past max_age_s
+        gate.set()
+        await hold
+        return (list(await asyncio.gather(*kept, return_exceptions=True)),
+                list(await asyncio.gather(*live, return_exceptions=True)))
+
+    kept, live = asyncio.run(main())
+    assert kept == [f"f{i}" for i in range(6)]
+    assert all(isinstance(r, Shed) for r in live) and sorted(shed) == ["l0", "l1"]
