@@ -25,6 +25,7 @@ from .ingest.base import open_source
 from .types import Clip, Frame
 
 _END = object()
+_MAX_UNSCORED = 32  # windows of one video queued in the lanes at most (memory: crops ride along)
 
 
 async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[Any]") -> None:
@@ -73,22 +74,30 @@ async def predict_video(engine: Engine, cfg: Config, url: str) -> dict[str, Any]
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
     reader = asyncio.create_task(_frames(stream_id, url, cfg, queue))
     scored: list[tuple[Clip, asyncio.Future[float]]] = []
+    unscored: set[asyncio.Future[float]] = set()
     frames = faces = 0
     try:
         while (item := await queue.get()) is not _END:
             frame: Frame = item
-            pending = engine.analyse(frame)
+            request = engine.admit(frame)
             frames += 1
-            if pending is None:
+            if request is None:
                 continue  # no detector samples this frame: not face-detected
-            analysis = await pending
+            # Offline: nothing may be shed (the lanes shed only live streams' work).
+            analysis = await engine.detect(request, sheddable=False)
             faces += len(analysis.faces)
-            scored += [(clip, engine.score(clip)) for clip in analysis.clips]
+            for clip in analysis.clips:
+                fut = engine.score(clip, sheddable=False)
+                scored.append((clip, fut))
+                unscored.add(fut)
+                fut.add_done_callback(unscored.discard)
+            while len(unscored) > _MAX_UNSCORED:  # hold the reader back rather than queue a whole video
+                await asyncio.wait(set(unscored), return_when=asyncio.FIRST_COMPLETED)
         await reader  # re-raises a decode error
     finally:
         reader.cancel()
         final = await engine.close_stream(stream_id)
-    scored += [(clip, engine.score(clip)) for clip in final.clips]
+    scored += [(clip, engine.score(clip, sheddable=False)) for clip in final.clips]
     per_detector: dict[str, list[float]] = defaultdict(list)
     frame_probs: dict[str, dict[int, float]] = defaultdict(dict)
     for clip, fut in scored:
