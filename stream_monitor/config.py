@@ -133,7 +133,9 @@ class DetectorConfig(_Section):
     sample_fps: float | Literal["all"] | None = None
     window_len: int | None = Field(None, ge=1)
     window_stride: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
+    # Windows per batch; None: 8 on a GPU, and on a CPU 8 for per-frame models (CADDM) but 1
+    # for clip models (a batch of clip windows runs no faster there and delays each window in it).
+    batch_size: int | None = Field(None, ge=1)
     max_wait_ms: float = Field(50.0, ge=0)
     # Live streams' windows waiting longer than this are shed (counted): bounds alert latency under
     # overload (stream_monitor.inference.batcher). Sources that are not live are never shed.

@@ -186,14 +186,22 @@ class Engine:
         for detector, runner in self.runners.items():
             self._lanes[detector] = self._lane(detector, runner)
 
+    def batch_size(self, detector: str) -> int:
+        """``detectors.<d>.batch_size``, or its device default (see the config field)."""
+        size = self.cfg.detectors.detector(detector).batch_size
+        if size is not None:
+            return size
+        return 8 if self.device.type == "cuda" or self.runners[detector].card.clip_len == 1 else 1
+
     def _lane(self, detector: str, runner: DetectorRunner) -> Batcher[Clip, float]:
         dc = self.cfg.detectors.detector(detector)
+        batch = self.batch_size(detector)
 
         def shed(clip: Clip) -> None:
             self.metrics.frames_dropped.labels(clip.stream_id, f"window_{detector}").inc()
 
-        return Batcher(detector, self._worker_for(detector), runner.run, max_batch=dc.batch_size,
-                       max_wait_s=dc.max_wait_ms / 1000, max_pending=max(32, 8 * dc.batch_size), max_inflight=1,
+        return Batcher(detector, self._worker_for(detector), runner.run, max_batch=batch,
+                       max_wait_s=dc.max_wait_ms / 1000, max_pending=max(32, 8 * batch), max_inflight=1,
                        max_age_s=dc.max_queue_s,
                        on_batch=lambda n, s: self._observe(detector, n, s), on_shed=shed)
 

@@ -270,3 +270,12 @@ def test_face_detection_runs_only_on_the_frames_the_detectors_sample() -> None:
 def test_styleflow_makes_every_frame_go_through_face_detection() -> None:
     _, detected, analysed = _sampled("auto", ["caddm", "styleflow"], 40)
     assert detected == analysed == 40
+
+
+def test_default_batch_sizes_follow_the_device() -> None:
+    engine = _engine()
+    assert engine.device.type == "cpu"
+    # On a CPU clip windows run one by one (no faster batched, and each would wait for the batch).
+    assert {d: engine.batch_size(d) for d in ("caddm", "sta", "styleflow")} == {"caddm": 8, "sta": 1, "styleflow": 1}
+    engine = _engine(detectors={"sta": {"batch_size": 4}, "caddm": {"batch_size": 2}})
+    assert engine.batch_size("sta") == 4 and engine.batch_size("caddm") == 2 and engine.batch_size("styleflow") == 1
