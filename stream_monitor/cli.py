@@ -352,10 +352,11 @@ def bench(
     names = [d.strip() for d in detectors.split(",") if d.strip()] if detectors is not None else None
     if names is not None and (not names or any(d not in DETECTOR_NAMES for d in names)):
         raise _fail(f"--detectors takes a comma list of {', '.join(DETECTOR_NAMES)}; got {detectors!r}")
-    if source not in ("synthetic", "file") or pace not in ("realtime", "unpaced") or device not in (None, "auto", "cpu", "cuda") \
-            or precision not in (None, "fp32", "bf16", "fp16") or preset not in PRESETS:
-        raise _fail("--source synthetic|file, --pace realtime|unpaced, --device auto|cpu|cuda, --precision fp32|bf16|fp16, "
-                    f"--preset {'|'.join(PRESETS)}")
+    if source not in ("synthetic", "file") or pace not in ("realtime", "unpaced") \
+            or device not in (None, "auto", "cpu", "cuda") or precision not in (None, "fp32", "bf16", "fp16") \
+            or preset not in PRESETS:
+        raise _fail("--source synthetic|file, --pace realtime|unpaced, --device auto|cpu|cuda, "
+                    f"--precision fp32|bf16|fp16, --preset {'|'.join(PRESETS)}")
     try:
         parse_resolution(resolution)
     except ValueError as exc:

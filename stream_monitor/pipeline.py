@@ -6,8 +6,8 @@ buffer drops the oldest frames of a live source meanwhile). A source that is not
 file without ``ingest.realtime``) also waits while ``max_pending_windows`` of its windows are
 unscored, and its frames and windows go to the lanes as not sheddable: its work is held back,
 never shed. A live source's windows are shed when a lane is overloaded (too many waiting, or
-waiting longer than ``detectors.<d>.max_queue_s``), which bounds its alert latency. A frame that no detector
-samples is skipped by the engine before face detection (``faces.detect_fps``): it takes
+waiting longer than ``detectors.<d>.max_queue_s``), which bounds its alert latency. A frame
+that no detector samples is skipped by the engine before face detection (``faces.detect_fps``): it takes
 no place in flight, is not counted as analysed, and leaves the operator page's picture
 (the last *analysed* frame, whose faces the page draws) as it was. Analyses are handled strictly
 in frame order by a done-callback chain, so tracks, windows and alert events keep the

@@ -32,8 +32,9 @@ detector (unpaced sources, windows shed, fewer than 90 % of the offered windows 
 stream not sustained, or the thread running the lane busy ≥ 90 % of the time) — otherwise
 the number, and a ratio made from it, is a lower bound: add streams or run unpaced.
 ``faces.modes_per_s``: frames searched in full, by tracked regions, or by a region miss that
-fell back to the full frame (``face_detections_total``, :mod:`stream_monitor.faces.roi`). Busy seconds count finished batches only: a long batch still running at ``t1``
-(full-size clip models on a CPU) is missing from them, so measure for several batches.
+fell back to the full frame (``face_detections_total``, :mod:`stream_monitor.faces.roi`).
+Busy seconds count finished batches only: a long batch still running at ``t1`` (full-size
+clip models on a CPU) is missing from them, so measure for several batches.
 
 Alert latency (last frame of the window received → alert published, the definition of
 ``alert_latency_seconds``) comes from every event published in ``[t0, t1]``, recorded

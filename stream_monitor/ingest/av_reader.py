@@ -271,7 +271,8 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                     continue
                 bad_packets += 1
                 if bad_packets >= MAX_BAD_PACKETS:
-                    hint = "" if decoder == "software" else f"; decoder {decoder}, ingest.hwaccel=none decodes in software"
+                    hint = "" if decoder == "software" else \
+                        f"; decoder {decoder}, ingest.hwaccel=none decodes in software"
                     raise SourceError(f"{shown}: undecodable video ({bad_packets} packets in a row failed; "
                                       f"last: {_reason(exc)}{hint})") from exc
                 continue
