@@ -36,6 +36,8 @@ class BackoffConfig(_Section):
     jitter: float = Field(0.2, ge=0, lt=1)
 
 
+# torch.compile settings of the detector forwards (detectors.compile).
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"]
 # FFmpeg hardware device types (``av_hwdevice_get_type_name``) ingest may decode on.
 HWAccelName = Literal["cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"]
 HWAccelSetting = Literal["auto", "none", "cuda", "vaapi", "qsv", "videotoolbox", "d3d11va"]
@@ -160,7 +162,7 @@ class DetectorsConfig(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # torch.compile of the model forwards (stream_monitor.inference.runners): off, an inductor
     # mode (reduce-overhead adds CUDA graphs), or aot_eager (graph capture only, no codegen).
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"] = "off"
+    compile: CompileMode = "off"
     caddm: DetectorConfig = DetectorConfig()
     sta: DetectorConfig = DetectorConfig()
     styleflow: DetectorConfig = DetectorConfig()

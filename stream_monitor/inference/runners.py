@@ -64,13 +64,13 @@ import torch
 from models import sha256_file
 from models.card import ModelCard
 
+from ..config import CompileMode
 from ..faces.align import Aligner, stack_on_device
 from ..types import Clip, WindowItem
 from ..windows import WindowSpec
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
-CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "aot_eager"]
 _AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Largest |p_autocast - p_fp32| accepted on the golden parity inputs (see the module docstring).
 AUTOCAST_TOLERANCE = 0.02
