@@ -86,10 +86,12 @@ LOOPS = {
 
 
 class _Phases:
-    """Wall time per named phase of a loop (seconds)."""
+    """Wall time per named phase of a loop (seconds), and the frames it decoded and detected."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.decoded = 0
+        self.detected = 0
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -107,8 +109,22 @@ class _Phases:
                 item = next(media, None)
             if item is None:
                 return
+            self.decoded += 1
             yield index, item[0], item[1]
             index += 1
+
+    def sampled_faces(self, media: Iterator[tuple[float, np.ndarray]], rate: float, faces: FaceDetector
+                      ) -> Iterator[tuple[int, float, np.ndarray, list[FaceObs]]]:
+        """``(index, pts, image, faces left to right)`` of each frame sampled at ``rate``, faces
+        detected on that frame alone (batch 1), timed as ``detect``."""
+        sampler = FrameSampler(rate)
+        for i, pts, image in self.frames(media):
+            if not sampler.accept(pts):
+                continue
+            with self("detect"):
+                found = _ordered(faces.detect([image])[0])
+            self.detected += 1
+            yield i, pts, image, found
 
 
 @dataclass
@@ -168,18 +184,11 @@ def _covered(tracks: dict[int, set[int]], rate: float) -> float:
 
 def _sta_demo(s: _Setup, media: Media) -> BaselineResult:
     ph = _Phases()
-    sampler = FrameSampler(s.rate)
     windows: dict[int, TrackWindows] = {}
     covered: dict[int, set[int]] = defaultdict(set)
-    decoded = detected = n_windows = 0
+    n_windows = 0
     t0 = time.perf_counter()
-    for i, pts, image in ph.frames(media()):
-        decoded += 1
-        if not sampler.accept(pts):
-            continue
-        with ph("detect"):
-            faces = _ordered(s.faces.detect([image])[0])
-        detected += 1
+    for i, pts, image, faces in ph.sampled_faces(media(), s.rate, s.faces):
         for k, face in enumerate(faces):
             with ph("align"):
                 crop, _ = s.aligner.patch(image, face)
@@ -195,7 +204,7 @@ def _sta_demo(s: _Setup, media: Media) -> BaselineResult:
             n_windows += 1
             covered[k].update(it.seq for it in clip)
     wall = time.perf_counter() - t0
-    return BaselineResult("sta", s.model_id, wall, dict(ph.seconds), decoded, detected, 0, n_windows,
+    return BaselineResult("sta", s.model_id, wall, dict(ph.seconds), ph.decoded, ph.detected, 0, n_windows,
                           _covered(covered, s.rate))
 
 
@@ -224,20 +233,12 @@ class _CaddmFrames(torch.utils.data.Dataset[torch.Tensor]):
 
 def _caddm_test(s: _Setup, media: Media) -> BaselineResult:
     ph = _Phases()
-    sampler = FrameSampler(s.rate)
     frames_dir = s.workdir / "caddm_frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     samples: list[dict[str, Any]] = []
-    decoded = detected = 0
     t0 = time.perf_counter()
     # Extraction: sampled frames + landmarks to disk.
-    for i, pts, image in ph.frames(media()):
-        decoded += 1
-        if not sampler.accept(pts):
-            continue
-        with ph("detect"):
-            faces = _ordered(s.faces.detect([image])[0])
-        detected += 1
+    for i, pts, image, faces in ph.sampled_faces(media(), s.rate, s.faces):
         if not faces:
             continue
         path = frames_dir / f"{i:06d}.png"
@@ -278,7 +279,7 @@ def _caddm_test(s: _Setup, media: Media) -> BaselineResult:
             covered[sample["track"]].update(it.seq for it in clip)
     wall = time.perf_counter() - t0
     notes = [f"DataLoader num_workers={workers}"]
-    return BaselineResult("caddm", s.model_id, wall, dict(ph.seconds), decoded, detected, len(probs), n_windows,
+    return BaselineResult("caddm", s.model_id, wall, dict(ph.seconds), ph.decoded, ph.detected, len(probs), n_windows,
                           _covered(covered, s.rate), notes)
 
 
@@ -289,7 +290,6 @@ def _styleflow_clip(s: _Setup, media: Media) -> BaselineResult:
     crops_dir.mkdir(parents=True, exist_ok=True)
     windows: dict[int, TrackWindows] = {}
     clips: list[tuple[int, list[int], list[Path]]] = []
-    decoded = detected = 0
     t0 = time.perf_counter()
     # crop_face_from_video: every frame detected (FTCN's detect_all: chunks of 50 frames per
     # detector call), one alignment per clip, the clip's crops written to disk.
@@ -298,7 +298,6 @@ def _styleflow_clip(s: _Setup, media: Media) -> BaselineResult:
     while True:
         item = next(decoding, None)
         if item is not None:
-            decoded += 1
             if sampler.accept(item[1]):
                 chunk.append(item)
             if len(chunk) < _FTCN_DETECT_CHUNK:
@@ -307,7 +306,7 @@ def _styleflow_clip(s: _Setup, media: Media) -> BaselineResult:
             break
         with ph("detect"):
             found = s.faces.detect([image for _, _, image in chunk])
-        detected += len(chunk)
+        ph.detected += len(chunk)
         for (i, pts, image), faces in zip(chunk, found):
             for k, face in enumerate(_ordered(faces)):
                 with ph("align"):
@@ -347,7 +346,7 @@ def _styleflow_clip(s: _Setup, media: Media) -> BaselineResult:
             float(s.model.forward_from_latents(latents[None], video[None].to(s.device))[0])
         covered[k].update(seqs)
     wall = time.perf_counter() - t0
-    return BaselineResult("styleflow", s.model_id, wall, dict(ph.seconds), decoded, detected,
+    return BaselineResult("styleflow", s.model_id, wall, dict(ph.seconds), ph.decoded, ph.detected,
                           len(clips) * s.spec.window_len, len(clips), _covered(covered, s.rate))
 
 

@@ -128,10 +128,10 @@ class RegionDetector:
                priors: Sequence[Sequence[BBox] | None]) -> list[tuple[list[FaceObs], Mode]]:
         if len(images) != len(priors):
             raise ValueError(f"{len(images)} images but {len(priors)} prior lists")
-        out: list[tuple[list[FaceObs], Mode] | None] = [None] * len(images)
-        full = [i for i, p in enumerate(priors) if not self.enabled or not p]
+        out: list[tuple[list[FaceObs], Mode]] = [([], "full")] * len(images)  # every slot set below
         regions = {i: [region_for(b, self.cfg.roi.scale) for b in p]
-                   for i, p in enumerate(priors) if i not in set(full) and p}
+                   for i, p in enumerate(priors) if self.enabled and p}
+        full = [i for i in range(len(images)) if i not in regions]
         fallback: list[int] = []
         for i, found in self._detect_regions(images, regions).items():
             if any(f is None for f in found):
@@ -142,7 +142,7 @@ class RegionDetector:
         if todo:
             for i, faces in zip(todo, self.detector.detect([images[i] for i in todo])):
                 out[i] = (faces, "fallback" if i in fallback else "full")
-        return [r if r is not None else ([], "full") for r in out]
+        return out
 
     def _detect_regions(self, images: Sequence[np.ndarray],
                         regions: dict[int, list[Region]]) -> dict[int, list[FaceObs | None]]:

@@ -43,17 +43,26 @@ def _numbers(node: Any, path: str = "") -> list[tuple[str, float]]:
     raise AssertionError(f"{path}: unexpected {type(node).__name__} in the report")
 
 
-def test_bench_command_reports_every_field(tmp_path: Path) -> None:
+def _bench(*args: str, timeout: float = 240) -> "subprocess.CompletedProcess[str]":
+    """``stream-monitor bench ARGS`` in a subprocess from the repository root."""
+    return subprocess.run([sys.executable, "-m", "stream_monitor", "bench", *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _small_cpu_bench(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """A small-preset CPU bench at 320x240 with ``args``: (the printed table, the JSON report)."""
     out = tmp_path / "bench.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream_monitor", "bench", "--preset", "small", "--device", "cpu",
-         "--resolution", "320x240", "--streams", "1", "--faces", "1", "--duration", "8", "--warmup", "3",
-         "--baseline-seconds", "4", "--json", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = _bench("--preset", "small", "--device", "cpu", "--resolution", "320x240", *args, "--json", str(out),
+                  "--workdir", str(tmp_path / "work"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "streams sustained in real time" in proc.stdout and "ratio" in proc.stdout  # the table
-    report = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_bench_command_reports_every_field(tmp_path: Path) -> None:
+    table, report = _small_cpu_bench(tmp_path, "--streams", "1", "--faces", "1", "--duration", "8", "--warmup", "3",
+                                     "--baseline-seconds", "4")
+    assert "streams sustained in real time" in table and "ratio" in table  # the table
 
     assert set(report) == {"meta", "scenario", "units", "flops", "pipeline", "baseline", "ratio"}
     for path, value in _numbers(report):
@@ -144,16 +153,9 @@ def test_resolutions() -> None:
 
 
 def test_unpaced_bench_measures_capacity_without_losing_work(tmp_path: Path) -> None:
-    out = tmp_path / "unpaced.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream_monitor", "bench", "--preset", "small", "--device", "cpu",
-         "--resolution", "320x240", "--detectors", "caddm", "--pace", "unpaced", "--duration", "5", "--warmup", "2",
-         "--baseline-seconds", "3", "--json", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "unpaced" in proc.stdout and "region" in proc.stdout
-    report = json.loads(out.read_text())
+    table, report = _small_cpu_bench(tmp_path, "--detectors", "caddm", "--pace", "unpaced", "--duration", "5",
+                                     "--warmup", "2", "--baseline-seconds", "3")
+    assert "unpaced" in table and "region" in table
     scenario, p = report["scenario"], report["pipeline"]
     assert scenario["pace"] == "unpaced" and scenario["realtime"] is False and "unpaced" in scenario["label"]
     caddm = p["detectors"]["caddm"]
@@ -167,8 +169,6 @@ def test_unpaced_bench_measures_capacity_without_losing_work(tmp_path: Path) -> 
     assert report["ratio"]["caddm"] is not None and report["ratio"]["caddm"] > 0
 
 
-def test_bench_refuses_an_unknown_pace(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "stream_monitor", "bench", "--pace", "fast", "--no-baseline"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=120)
+def test_bench_refuses_an_unknown_pace() -> None:
+    proc = _bench("--pace", "fast", "--no-baseline", timeout=120)
     assert proc.returncode != 0 and "--pace realtime|unpaced" in proc.stderr
