@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from stream_monitor.app import Monitor
 from stream_monitor.config import load_config
-from tests.support.polling import until_async
+from tests.support.polling import until, until_async
 from tests.support.rtsp import RtspServer
 from tests.support.servers import RedisServer
 from tests.support.schema import check_schema, metric
@@ -85,7 +85,7 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
                 return len([a for a in await _stream_alerts(redis.url) if a["stream_id"] == "cam1"]) >= 3
 
             await until_async(enough_alerts, 60, "first alerts in the Redis Stream", interval=0.25)
-            await until_async(lambda: _true(len(live) >= 3), 10, "alerts on Pub/Sub", interval=0.25)
+            await until(lambda: len(live) >= 3, 10, "alerts on Pub/Sub", interval=0.25)
 
             # Redis down for 10 s while alerts keep coming.
             before = monitor.metrics.registry.get_sample_value("stream_monitor_alerts_total",
@@ -172,7 +172,3 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
     assert metric(text, "stream_monitor_stream_reconnects_total", stream="cam1") >= 1
     assert metric(text, "stream_monitor_stream_up", stream="cam1") == 1
     assert metric(text, "stream_monitor_alert_latency_seconds_count") >= len(cam)
-
-
-async def _true(value: bool) -> bool:
-    return value

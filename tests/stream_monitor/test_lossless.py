@@ -17,7 +17,7 @@ from stream_monitor.bench.scenario import write_video
 from stream_monitor.config import load_config
 from stream_monitor.ingest.synthetic import SyntheticSpec, synthetic_frames
 from stream_monitor.metrics import Metrics
-from tests.support.polling import until_async
+from tests.support.polling import sample, until
 from tests.support.small import small_config
 
 FRAMES = 90
@@ -43,44 +43,27 @@ async def _run(video: Path, realtime: bool) -> dict[str, float]:
         await monitor.add_stream("f", str(video))
         handle = monitor.streams["f"]
         pipeline = handle.pipeline
-        reg = monitor.metrics.registry
+        m = monitor.metrics
+        dropped = "stream_monitor_frames_dropped_total"
         if realtime:
-            async def shedding() -> bool:
-                return (reg.get_sample_value("stream_monitor_frames_dropped_total",
-                                             {"stream": "f", "stage": "window_caddm"}) or 0.0) > 0
-
-            await until_async(shedding, 60, "the lane to shed")
+            await until(lambda: sample(m, dropped, stream="f", stage="window_caddm") > 0, 60, "the lane to shed")
         else:
             bound = pipeline.max_pending_windows
-
-            async def held_back() -> bool:
-                return len(pipeline._unscored) >= bound
-
-            await until_async(held_back, 60, "the pending-window bound")
+            await until(lambda: len(pipeline._unscored) >= bound, 60, "the pending-window bound")
             await asyncio.sleep(1.0)  # time in which an unbounded reader would go on
             out["unscored_while_held"] = len(pipeline._unscored)
             out["analysed_while_held"] = pipeline.stats.frames_analysed
         lane_free.set()
-        await until_async(lambda: _done(handle.task), 60, "the file to end")
-        await until_async(lambda: _true(pipeline.closed), 30, "the final windows")
-        out["analysed"] = reg.get_sample_value("stream_monitor_frames_analysed_total", {"stream": "f"}) or 0.0
-        out["scored"] = reg.get_sample_value("stream_monitor_windows_scored_total", {"detector": "caddm"}) or 0.0
-        out["shed"] = reg.get_sample_value("stream_monitor_frames_dropped_total",
-                                           {"stream": "f", "stage": "window_caddm"}) or 0.0
-        out["ingest_dropped"] = reg.get_sample_value("stream_monitor_frames_dropped_total",
-                                                     {"stream": "f", "stage": "ingest"}) or 0.0
+        await until(handle.task.done, 60, "the file to end")
+        await until(lambda: pipeline.closed, 30, "the final windows")
+        out["analysed"] = sample(m, "stream_monitor_frames_analysed_total", stream="f")
+        out["scored"] = sample(m, "stream_monitor_windows_scored_total", detector="caddm")
+        out["shed"] = sample(m, dropped, stream="f", stage="window_caddm")
+        out["ingest_dropped"] = sample(m, dropped, stream="f", stage="ingest")
     finally:
         lane_free.set()
         await monitor.stop()
     return out
-
-
-async def _done(task: "asyncio.Task[None]") -> bool:
-    return task.done()
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_unpaced_file_holds_back_and_loses_nothing(tmp_path: Path) -> None:
