@@ -27,6 +27,7 @@ from .errors import StreamMonitorError
 from .fleet import Fleet
 from .inference.engine import Engine
 from .ingest.base import Source
+from .ingest.policy import SourceGuard, predict_guard, stream_guard
 from .ingest.supervisor import StreamSupervisor
 from .ingest.urls import redact, scheme_of
 from .metrics import Metrics
@@ -107,6 +108,9 @@ class Monitor:
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self.fleet: Fleet | None = Fleet(self, cfg, worker_name(cfg)) if cfg.fleet.enabled else None
+        # What URLs from the network may open (stream_monitor.ingest.policy).
+        self.source_guard: SourceGuard = stream_guard(cfg)
+        self.predict_guard: SourceGuard = predict_guard(cfg)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.engine.load)
@@ -122,7 +126,7 @@ class Monitor:
             await self.fleet.start()  # adds cfg.streams to the fleet; some may land on other workers
         else:
             for s in self.cfg.streams:
-                await self.add_stream(s.id, s.url)
+                await self.add_stream(s.id, s.url, trusted=True)
         self.ready = True
 
     async def _start_http(self) -> None:
@@ -153,16 +157,21 @@ class Monitor:
         return (handle is not None and not handle.task.done()) or stream_id in self._closing
 
     async def add_stream(self, stream_id: str, url: str, opener: Callable[[], Source] | None = None, *,
-                         leased: bool = False) -> StreamHandle:
+                         leased: bool = False, trusted: bool = False) -> StreamHandle:
         """Start a stream on this worker. ``opener`` supplies the Source instead of ``url``
         (WebRTC sessions: ``url`` is then only a label). A stream that has ended under the
         same id is replaced. In a fleet the stream holds a lease on its id: ``leased`` says
         the fleet already took it (a desired stream); otherwise it is leased here (raises
-        ``StreamExists`` when another worker has the id)."""
+        ``StreamExists`` when another worker has the id). ``trusted``: the URL is the
+        operator's (the config file); otherwise it came from the network and every open goes
+        through :attr:`source_guard` (raises ``SourceRefused`` before anything connects)."""
         if self.busy(stream_id):
             state = "already exists" if stream_id in self.streams else "is still finishing"
             raise StreamExists(f"stream {stream_id!r} {state}")
         assert self.policy is not None, "start() first"
+        guard = None if trusted or opener is not None else self.source_guard
+        if guard is not None:
+            guard.check(url)  # SourceRefused before a lease, a pipeline or a connection
         if self.fleet is not None and not leased:
             await self.fleet.claim_local(stream_id)
         try:
@@ -173,13 +182,14 @@ class Monitor:
                 await self.fleet.unclaim_local(stream_id)
             raise
         supervisor = StreamSupervisor(stream_id, url, self.cfg.ingest, self.metrics, on_frame=pipeline.on_frame,
-                                      on_session=pipeline.on_session, opener=opener)
+                                      on_session=pipeline.on_session, opener=opener,
+                                      guard=guard)
         task = asyncio.create_task(self._run_stream(stream_id, supervisor, pipeline), name=f"stream-{stream_id}")
         handle = StreamHandle(stream_id, url, supervisor, pipeline, task)
         self.streams[stream_id] = handle
         if self.fleet is not None:
             self.fleet.bind(stream_id, pipeline)
-        log.info("stream %s: %s", stream_id, redact(url))
+        log.info("stream %s: %r", stream_id, redact(url))
         return handle
 
     async def _run_stream(self, stream_id: str, supervisor: StreamSupervisor, pipeline: StreamPipeline) -> None:

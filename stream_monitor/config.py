@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,9 +66,28 @@ class IngestConfig(_Section):
     hwaccel: HWAccelSetting = "auto"
 
 
+def url_text_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a source as written, or None: control characters are refused
+    anywhere (a CR LF in an RTSP URL would reach the server as a raw request line), and
+    whitespace in a URL (a plain file path may hold spaces)."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in url):
+        return "control characters are not allowed in a source URL"
+    if "://" in url and any(c.isspace() for c in url):
+        return "whitespace is not allowed in a URL (percent-encode it as %20)"
+    return None
+
+
 class StreamConfig(_Section):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     url: str = Field(min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _plain_text(cls, v: str) -> str:
+        problem = url_text_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
 
 class TrackConfig(_Section):
@@ -212,6 +232,21 @@ class ApiConfig(_Section):
     predict_roots: list[Path] = Field(default_factory=list)
     predict_schemes: list[str] = Field(default_factory=lambda: ["http", "https", "rtsp", "rtsps"])
     predict_hosts: list[str] = Field(default_factory=list)
+    # Streams added over the API or through the fleet's desired set (stream_monitor.ingest.policy):
+    # hosts ('*', '*.example.com', names, addresses, CIDRs; loopback, link-local, metadata and the
+    # Redis endpoint only by an explicit address entry, Redis never) and local-file roots.
+    source_hosts: list[str] = Field(default_factory=lambda: ["*"])
+    source_roots: list[Path] = Field(default_factory=list)
+
+    @field_validator("source_hosts", "predict_hosts")
+    @classmethod
+    def _host_entries(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            if not entry or any(c.isspace() or ord(c) < 0x20 for c in entry):
+                raise ValueError(f"not a host, address or network: {entry!r}")
+            if "/" in entry:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)  # ValueError names the entry
+        return v
     max_body_bytes: int = Field(1 << 20, ge=1024)
 
 

@@ -17,3 +17,9 @@ class WeightsError(StreamMonitorError):
 
 class FaceBackendError(StreamMonitorError):
     """The configured face detector cannot be built (e.g. a missing SCRFD model file)."""
+
+
+class SourceRefused(SourceError):
+    """A source URL or path is not allowed by the configured policy (``api.source_hosts``,
+    ``api.source_roots``, ...). The message names the setting and never whether a host
+    answered or a file exists."""

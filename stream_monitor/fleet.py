@@ -55,7 +55,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .config import Config
-from .errors import StreamMonitorError
+from .errors import SourceRefused, StreamMonitorError
 from .ingest.urls import redact
 
 if TYPE_CHECKING:
@@ -347,6 +347,12 @@ class Fleet:
         self._leases[stream_id] = lease
         try:
             handle = await self.monitor.add_stream(stream_id, str(entry["url"]), leased=True)
+        except SourceRefused as exc:
+            # Not allowed by this worker's api.source_hosts/source_roots: claiming it again would
+            # be refused again, so it leaves the desired set like a stream that ended.
+            log.error("fleet: desired stream %s refused: %s", stream_id, exc)
+            await self._finish(stream_id, f"refused: {exc}", None)
+            return
         except Exception as exc:
             log.error("fleet: claimed %s but could not start it: %s", stream_id, exc)
             await self._release(stream_id, "released", f"start failed: {exc}")
@@ -396,14 +402,18 @@ class Fleet:
         if lease is None or lease.pipeline is not pipeline:
             return
         if ended and lease.desired and lease.stopping is None:
-            self._leases.pop(stream_id)
-            try:
-                await self._s_finish(keys=[self.streams_key, self.lease_key(stream_id)], args=[self.name, stream_id])
-            except RedisError as exc:
-                log.warning("fleet: could not remove ended stream %s (%s); its lease expires", stream_id, exc)
-            self._record(stream_id, "ended", "the source ended", pipeline)
+            await self._finish(stream_id, "the source ended", pipeline)
             return
         await self._release(stream_id, lease.stopping or "released", None, pipeline)
+
+    async def _finish(self, stream_id: str, reason: str, pipeline: "StreamPipeline | None") -> None:
+        """A desired stream of ours is over for good: it leaves the desired set with its lease."""
+        self._leases.pop(stream_id, None)
+        try:
+            await self._s_finish(keys=[self.streams_key, self.lease_key(stream_id)], args=[self.name, stream_id])
+        except RedisError as exc:
+            log.warning("fleet: could not remove ended stream %s (%s); its lease expires", stream_id, exc)
+        self._record(stream_id, "ended", reason, pipeline)
 
     async def _release(self, stream_id: str, event: str | None, reason: str | None,
                        pipeline: "StreamPipeline | None" = None) -> None:

@@ -22,13 +22,15 @@ from .config import Config
 from .inference.batcher import Shed
 from .inference.engine import Engine
 from .ingest.base import open_source
+from .ingest.policy import SourceGuard
 from .types import Clip, Frame
 
 _END = object()
 _MAX_UNSCORED = 32  # windows of one video queued in the lanes at most (memory: crops ride along)
 
 
-async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[Any]") -> None:
+async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[Any]",
+                  guard: SourceGuard | None) -> None:
     """Decode in a thread into ``queue`` (bounded: backpressure), then put ``_END``.
 
     If the consumer goes away (this task is cancelled), the thread notices ``stop`` within
@@ -39,7 +41,7 @@ async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[A
     stop = threading.Event()
 
     def decode() -> None:
-        source = open_source(stream_id, url, ingest)
+        source = open_source(stream_id, url, ingest, guard)
         try:
             for frame in source.frames():
                 put = asyncio.run_coroutine_threadsafe(queue.put(frame), loop)
@@ -67,12 +69,13 @@ async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[A
     await queue.put(_END)
 
 
-async def predict_video(engine: Engine, cfg: Config, url: str) -> dict[str, Any]:
-    """Score one video; raises ``SourceError`` if it cannot be read."""
+async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuard | None = None) -> dict[str, Any]:
+    """Score one video; raises ``SourceError`` if it cannot be read. ``guard``: the URL came
+    from the network (``POST /predict``): everything is opened through it."""
     stream_id = f"predict-{uuid.uuid4().hex[:8]}"
     await engine.open_stream(stream_id)
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
-    reader = asyncio.create_task(_frames(stream_id, url, cfg, queue))
+    reader = asyncio.create_task(_frames(stream_id, url, cfg, queue, guard))
     scored: list[tuple[Clip, asyncio.Future[float]]] = []
     unscored: set[asyncio.Future[float]] = set()
     frames = faces = 0

@@ -1,45 +1,23 @@
 """``POST /predict {"file_path": ...}``: score one local video or an allowed URL.
 
-Refused before any file is opened or any connection is made: local paths outside the
-configured roots (symlinks resolved), URLs whose scheme or host is not allowed (no hosts
-are allowed unless configured), and malformed bodies.
+Targets go through the monitor's ``predict_guard`` (:mod:`stream_monitor.ingest.policy`):
+refused with 403, before any file is opened or any connection is made, are local paths
+outside ``api.predict_roots`` (symlinks resolved; opened as resolved, no link followed),
+URLs whose scheme is not in ``api.predict_schemes`` or whose host (after DNS, and on every
+redirect and playlist entry) is not in ``api.predict_hosts`` (none unless configured).
+Malformed bodies and URLs get 400.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ..config import ApiConfig
 from ..errors import SourceError
 from ..predict import predict_video
 from .auth import error
-from .streams import read_json_object
-
-
-def check_target(target: str, cfg: ApiConfig) -> tuple[int, str] | None:
-    """``None`` if allowed, else ``(status, reason)``. Never touches the network."""
-    if "://" in target:
-        parts = urlsplit(target)
-        if parts.scheme.lower() not in {s.lower() for s in cfg.predict_schemes}:
-            return 403, f"URL scheme {parts.scheme!r} is not allowed (allowed: {', '.join(cfg.predict_schemes)})"
-        host = (parts.hostname or "").lower()
-        if not host or host not in {h.lower() for h in cfg.predict_hosts}:
-            return 403, f"URL host {host or '(none)'!r} is not in api.predict_hosts"
-        return None
-    if not cfg.predict_roots:
-        return 403, "local files are not allowed: api.predict_roots is empty"
-    path = Path(os.path.realpath(target))
-    roots = [Path(os.path.realpath(r)) for r in cfg.predict_roots]
-    if not any(path == r or r in path.parents for r in roots):
-        return 403, "path is outside api.predict_roots"
-    if not path.is_file():
-        return 400, f"no such file: {target}"
-    return None
+from .streams import check_source, read_json_object
 
 
 def add_predict_routes(app: web.Application) -> None:
@@ -53,11 +31,11 @@ def add_predict_routes(app: web.Application) -> None:
         target = body.get("file_path")
         if not isinstance(target, str) or not target.strip():
             return error(400, "'file_path' must be a non-empty string")
-        refusal = check_target(target, monitor.cfg.api)
+        refusal = await check_source(target, monitor.predict_guard)
         if refusal is not None:
-            return error(*refusal)
+            return refusal
         try:
-            result = await predict_video(monitor.engine, monitor.cfg, target)
+            result = await predict_video(monitor.engine, monitor.cfg, target, monitor.predict_guard)
         except SourceError as exc:
             return error(422, str(exc))
         return web.json_response(result)

@@ -11,15 +11,17 @@ stopped here or ran nowhere, 202 when its owner, another worker, stops it within
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 from aiohttp import web
 
 from ..app import StreamExists, UnknownStream
-from ..errors import SourceError
+from ..errors import SourceError, SourceRefused
 from ..fleet import FleetUnavailable
 from ..ingest.base import check_url
+from ..ingest.policy import SourceGuard
 from .auth import error
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -36,6 +38,21 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | web.Respons
     if not isinstance(body, dict):
         return error(400, "body must be a JSON object")
     return body
+
+
+async def check_source(url: str, guard: SourceGuard) -> web.Response | None:
+    """None if ``url`` may become a source from the network, else the 403 (the policy refused:
+    the same answer whether a host answers or a file exists) or 400 (a malformed URL, no such
+    file inside the roots, a host that does not resolve). Resolves the host in a thread; the
+    source checks again at every connection and redirect."""
+    try:
+        check_url(url, guard)
+        await asyncio.to_thread(guard.check_resolved, url)
+    except SourceRefused as exc:
+        return error(403, str(exc))
+    except SourceError as exc:
+        return error(400, str(exc))
+    return None
 
 
 def add_stream_routes(app: web.Application) -> None:
@@ -63,10 +80,9 @@ def add_stream_routes(app: web.Application) -> None:
         extra = set(body) - {"id", "url"}
         if extra:
             return error(400, f"unknown fields: {sorted(extra)}")
-        try:
-            check_url(url)
-        except SourceError as exc:
-            return error(400, str(exc))
+        refusal = await check_source(url, monitor.source_guard)
+        if refusal is not None:
+            return refusal
         location = {"Location": f"/streams/{stream_id}"}
         try:
             if monitor.fleet is not None:
@@ -76,6 +92,8 @@ def add_stream_routes(app: web.Application) -> None:
             return error(409, str(exc))
         except FleetUnavailable as exc:
             return error(503, str(exc))
+        except SourceRefused as exc:
+            return error(403, str(exc))
         return web.json_response(handle.status(), status=201, headers=location)
 
     async def get_stream(request: web.Request) -> web.Response:

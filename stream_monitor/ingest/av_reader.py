@@ -37,6 +37,7 @@ open logs the decoder in use at INFO.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import threading
 import time
@@ -163,19 +164,24 @@ def resolve_decoder(setting: HWAccelSetting) -> str:
     return _resolve(setting)[0]
 
 
+IoOpen = Callable[[str, int, dict[str, str]], io.IOBase]
+
+
 def open_container(target: str, shown: str, options: dict[str, str], open_timeout: float | None,
-                   read_timeout: float | None, hwaccel: HWAccel | None = None) -> av.container.InputContainer:
+                   read_timeout: float | None, hwaccel: HWAccel | None = None,
+                   io_open: IoOpen | None = None) -> av.container.InputContainer:
     """``av.open`` for reading with timeouts; failures become SourceError naming ``shown``.
 
     With ``hwaccel`` video decoders get that device (PyAV creates it during the open). If that
     open fails other than by a timeout, the target is opened again in software and a WARNING
     names the hardware failure; only the software failure, if any, is raised. Whether a stream
-    got the device: ``stream.codec_context.is_hwaccel``.
+    got the device: ``stream.codec_context.is_hwaccel``. ``io_open``: PyAV's custom I/O, through
+    which FFmpeg then opens ``target`` and everything it refers to (a guarded source's policy).
     """
     started = time.monotonic()
     try:
         return av.open(target, mode="r", options=options, timeout=(open_timeout, read_timeout),
-                       hwaccel=hwaccel)
+                       hwaccel=hwaccel, io_open=io_open)
     except (av.error.FFmpegError, OSError) as exc:
         elapsed = time.monotonic() - started
         if _timed_out(exc, elapsed, open_timeout):
@@ -184,7 +190,7 @@ def open_container(target: str, shown: str, options: dict[str, str], open_timeou
         if hwaccel is not None:
             # Device creation fails after the demuxer opened, so this may well be the device;
             # a software open tells: if it fails too, its error is the one that matters.
-            container = open_container(target, shown, options, open_timeout, read_timeout)
+            container = open_container(target, shown, options, open_timeout, read_timeout, io_open=io_open)
             log.warning("%s: opening with hardware decode failed (%s); decoding in software",
                         shown, _reason(exc))
             return container
@@ -216,17 +222,19 @@ def _decoder_in_use(stream_id: str, stream: VideoStream, setting: HWAccelSetting
 def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, str] | None = None,
                open_timeout: float | None = None, read_timeout: float | None = None,
                stop: threading.Event | None = None, pace: bool = False,
-               hwaccel: HWAccelSetting = "none") -> Iterator[Frame]:
+               hwaccel: HWAccelSetting = "none", io_open: IoOpen | None = None) -> Iterator[Frame]:
     """Frames of the first video stream of ``target`` (see the module docstring).
 
     ``hwaccel`` picks the decoder as ``ingest.hwaccel`` does (software by default); frames are
-    uint8 RGB ``[H, W, 3]`` in system memory whichever decoder runs.
+    uint8 RGB ``[H, W, 3]`` in system memory whichever decoder runs. ``io_open``: see
+    :func:`open_container`.
     """
     stop = stop or threading.Event()
     options = options or {}
     device, why = _resolve(hwaccel)
     container = open_container(target, shown, options, open_timeout, read_timeout,
-                               None if device == "software" else HWAccel(device, allow_software_fallback=True))
+                               None if device == "software" else HWAccel(device, allow_software_fallback=True),
+                               io_open)
     try:
         stream = _first_video(container, shown)
         decoder = _decoder_in_use(stream_id, stream, hwaccel, device, why)
@@ -261,7 +269,8 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                     log.warning("%s: %s decode failed before the first frame (%s); reopening in software",
                                 stream_id, decoder, _reason(exc))
                     container.close()
-                    container = open_container(target, shown, options, open_timeout, read_timeout)
+                    container = open_container(target, shown, options, open_timeout, read_timeout,
+                                               io_open=io_open)
                     stream = _first_video(container, shown)
                     decoder = _decoder_in_use(stream_id, stream, hwaccel, "software",
                                               f"{device} decode failed")

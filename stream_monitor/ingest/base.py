@@ -15,12 +15,11 @@ from __future__ import annotations
 from typing import Callable, Iterator, Protocol
 
 from ..config import IngestConfig
-from ..errors import SourceError
 from ..types import Frame
 from .file import FileSource
+from .policy import SourceGuard, check_scheme, check_text
 from .rtsp import RtspSource
 from .synthetic import SyntheticSource
-from .urls import redact, scheme_of
 
 
 class Source(Protocol):
@@ -39,7 +38,7 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-SourceFactory = Callable[[str, str, IngestConfig], Source]
+SourceFactory = Callable[[str, str, IngestConfig, "SourceGuard | None"], Source]
 
 # Explicit table: scheme -> implementation ("file" also covers plain paths).
 SOURCES: dict[str, SourceFactory] = {
@@ -48,25 +47,26 @@ SOURCES: dict[str, SourceFactory] = {
     "http": FileSource,
     "https": FileSource,
     "file": FileSource,
-    "synthetic": lambda stream_id, url, cfg: SyntheticSource(stream_id, url, realtime=cfg.realtime),
+    "synthetic": lambda stream_id, url, cfg, guard: SyntheticSource(stream_id, url, realtime=cfg.realtime),
 }
 
 
-def open_source(stream_id: str, url: str, cfg: IngestConfig) -> Source:
+def open_source(stream_id: str, url: str, cfg: IngestConfig, guard: SourceGuard | None = None) -> Source:
     """Build the Source for ``url`` without connecting.
 
-    Raises SourceError, before any connection is made, for an unsupported scheme, a
-    malformed ``synthetic:`` URL or a local file that does not exist.
+    Raises SourceError, before any connection is made, for control characters or whitespace in
+    the URL, an unsupported scheme, a malformed ``synthetic:`` URL or a local file that does not
+    exist. ``guard``: the URL came from the network (:mod:`.policy`): SourceRefused, also before
+    anything is opened, when the guard's hosts or roots do not allow it; the Source then opens
+    everything through the guard.
     """
-    scheme = scheme_of(url)
-    factory = SOURCES.get(scheme)
-    if factory is None:
-        raise SourceError(f"{redact(url)}: unsupported source scheme {scheme!r} "
-                          f"(use rtsp://, rtsps://, http(s)://, file:// or a path, or synthetic:)")
-    return factory(stream_id, url, cfg)
+    check_text(url)
+    if guard is not None:
+        guard.check(url)
+    return SOURCES[check_scheme(url)](stream_id, url, cfg, guard)
 
 
-def check_url(url: str) -> None:
+def check_url(url: str, guard: SourceGuard | None = None) -> None:
     """Raise SourceError if ``url`` could not become a Source (same checks as open_source; no I/O
     beyond a local file's existence)."""
-    open_source("check", url, IngestConfig())
+    open_source("check", url, IngestConfig(), guard)

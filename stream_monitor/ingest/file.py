@@ -4,6 +4,11 @@ With ``cfg.realtime`` (the default, ``--realtime``) frames are paced at their pt
 if a camera were playing the file, and the source is ``live`` (under load the consumer
 drops the oldest frames). With ``--no-realtime`` frames come as fast as they decode and
 the source is not live: the consumer applies backpressure, so no frame is lost.
+
+FFmpeg may use only the scheme's protocols (:data:`~stream_monitor.ingest.policy.PROTOCOLS`:
+an HTTP playlist cannot name a local file). With a ``guard`` (a URL or path from the network)
+FFmpeg opens nothing itself: every open, the URL's and each playlist entry's, goes through
+:meth:`~stream_monitor.ingest.policy.SourceGuard.io_open`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Iterator
 from ..config import IngestConfig
 from ..errors import SourceError
 from ..types import Frame
-from .av_reader import read_video
+from .av_reader import IoOpen, read_video
+from .policy import NO_PROTOCOLS, PROTOCOLS, SourceGuard
 from .urls import local_path, redact, scheme_of
 
 
@@ -23,19 +29,28 @@ class FileSource:
 
     finite = True
 
-    def __init__(self, stream_id: str, url: str, cfg: IngestConfig) -> None:
+    def __init__(self, stream_id: str, url: str, cfg: IngestConfig, guard: SourceGuard | None = None) -> None:
         self.stream_id = stream_id
         self.cfg = cfg
         self.live = cfg.realtime
-        self.options: dict[str, str] = {}
+        scheme = scheme_of(url)
+        self.options: dict[str, str] = {"protocol_whitelist": PROTOCOLS[scheme] if guard is None else NO_PROTOCOLS}
         self.open_timeout: float | None = None
         self.read_timeout: float | None = None
-        if scheme_of(url) in ("http", "https"):
+        self.io_open: IoOpen | None = None
+        if guard is not None:
+            self.io_open = guard.io_open
+        if scheme in ("http", "https"):
             self.target = url
             self.shown = redact(url)
             # rw_timeout (µs) bounds every socket read inside FFmpeg's http protocol too.
-            self.options = {"rw_timeout": str(int(cfg.read_timeout_s * 1_000_000))}
+            self.options["rw_timeout"] = str(int(cfg.read_timeout_s * 1_000_000))
             self.open_timeout, self.read_timeout = cfg.open_timeout_s, cfg.read_timeout_s
+        elif guard is not None:
+            path = guard.roots.resolve(url)[1]  # SourceRefused outside the roots, whether it exists or not
+            if not path.is_file():
+                raise SourceError(f"{url!r}: no such file")
+            self.target = self.shown = str(path)  # opened under the roots, link-free, by io_open
         else:
             try:
                 path = local_path(url)
@@ -51,7 +66,7 @@ class FileSource:
         """The file's frames in order; paced in real time when ``live``."""
         return read_video(self.stream_id, self.target, shown=self.shown, options=self.options,
                           open_timeout=self.open_timeout, read_timeout=self.read_timeout,
-                          stop=self._stop, pace=self.live, hwaccel=self.cfg.hwaccel)
+                          stop=self._stop, pace=self.live, hwaccel=self.cfg.hwaccel, io_open=self.io_open)
 
     def close(self) -> None:
         """Ask frames() to stop at its next frame; safe from any thread."""

@@ -14,7 +14,9 @@ Lifecycle:
 
 - End of a finite source (a file): state ``ended``, no reconnect. A finite source that
   fails or stalls also ends (with ``last_error``): reopening it would replay frames that
-  were already analysed.
+  were already analysed. A source the policy refuses (``SourceRefused``: a host, path or
+  redirect that ``api.source_hosts``/``source_roots`` does not allow) ends too: retrying
+  would knock on the same refused door.
 - Error or end of a live source: state ``reconnecting``, wait ``Backoff`` (from
   ``cfg.reconnect``; the attempt count resets once a session delivered frames), connect
   again; ``stream_reconnects_total`` counts every new attempt after the first.
@@ -49,11 +51,12 @@ from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Iterator, Literal, TypedDict
 
 from ..config import IngestConfig
-from ..errors import SourceError
+from ..errors import SourceError, SourceRefused
 from ..metrics import Metrics
 from ..retry import Backoff
 from ..types import Frame
 from .base import Source, open_source
+from .policy import SourceGuard
 from .handoff import FrameHandoff
 from .urls import redact
 
@@ -139,11 +142,11 @@ class StreamSupervisor:
     def __init__(self, stream_id: str, url: str, cfg: IngestConfig, metrics: Metrics,
                  on_frame: Callable[[Frame], Awaitable[None]],
                  on_session: Callable[[int, bool], None] | None = None,
-                 opener: Callable[[], Source] | None = None) -> None:
+                 opener: Callable[[], Source] | None = None, guard: SourceGuard | None = None) -> None:
         """Build the first Source now, so a bad URL raises SourceError before anything connects.
 
         ``opener`` makes one Source per connection attempt (default: :func:`open_source`
-        on ``url``); tests pass their own.
+        on ``url`` with ``guard``, the policy of a URL from the network); tests pass their own.
         """
         self.stream_id = stream_id
         self.url = redact(url)
@@ -151,7 +154,7 @@ class StreamSupervisor:
         self._metrics = metrics
         self._on_frame = on_frame
         self._on_session = on_session
-        self._opener = opener or functools.partial(open_source, stream_id, url, cfg)
+        self._opener = opener or functools.partial(open_source, stream_id, url, cfg, guard)
         self._next_source: Source | None = self._opener()
         r = cfg.reconnect
         self._backoff = Backoff(initial=r.initial_s, maximum=max(r.max_s, r.initial_s), multiplier=r.multiplier,
@@ -169,6 +172,7 @@ class StreamSupervisor:
         self._session: _Session | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._refused = False
         self._wake = asyncio.Event()
         self._received = metrics.frames_received.labels(stream_id)
         self._dropped_metric = metrics.frames_dropped.labels(stream_id, "ingest")
@@ -199,7 +203,7 @@ class StreamSupervisor:
                 session_ok, finite = await self._one_session()
                 if self._stopping:
                     break
-                if finite:
+                if finite or self._refused:
                     self._set_state("ended")
                     break
                 retry = 0 if session_ok else retry
@@ -251,6 +255,7 @@ class StreamSupervisor:
             try:
                 source = self._opener()
             except SourceError as exc:
+                self._refused = isinstance(exc, SourceRefused)
                 self._fail(str(exc))
                 return False, False
         handoff: FrameHandoff[Frame] = FrameHandoff(asyncio.get_running_loop(), self.cfg.queue_frames,
@@ -314,6 +319,7 @@ class StreamSupervisor:
                 if not session.handoff.put(frame, session.cancel):
                     break
         except SourceError as exc:
+            self._refused = isinstance(exc, SourceRefused)
             session.error = str(exc)
         except Exception as exc:  # any decoder failure becomes a reconnect, logged in full
             log.exception("stream %s: decode thread failed", self.stream_id)
