@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import SourceError
+from ..errors import SourceError, SourceRefused
 from ..predict import predict_video
 from .auth import error
 from .streams import check_source, read_json_object
@@ -36,6 +36,8 @@ def add_predict_routes(app: web.Application) -> None:
             return refusal
         try:
             result = await predict_video(monitor.engine, monitor.cfg, target, monitor.predict_guard)
+        except SourceRefused as exc:  # a redirect or playlist entry the policy does not allow
+            return error(403, str(exc))
         except SourceError as exc:
             return error(422, str(exc))
         return web.json_response(result)

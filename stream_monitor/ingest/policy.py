@@ -261,34 +261,42 @@ class RootPolicy:
         raise self.refusal(url)
 
     def open(self, url: str) -> int:
-        """A read-only descriptor of the regular file ``url`` names inside a root.
-
-        Each component below the root is opened relative to its parent with ``O_NOFOLLOW``:
-        a link swapped in after :meth:`resolve` makes the open fail (refused), never escape.
-        """
+        """A read-only descriptor of the regular file ``url`` names inside a root (see
+        :func:`open_beneath`)."""
         root, path = self.resolve(url)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            parts = path.relative_to(root).parts
-            for i, part in enumerate(parts):
-                last = i == len(parts) - 1
-                flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY)
-                try:
-                    child = os.open(part, flags, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno == errno.ENOENT:
-                        raise SourceError(f"{url!r}: no such file") from exc
-                    raise self.refusal(url) from exc  # ELOOP / ENOTDIR: a link or a swap
-                os.close(fd)
-                fd = child
-            if not parts or not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SourceError(f"{url!r}: not a regular file")
-            os.set_blocking(fd, True)
-            result, fd = fd, -1
-            return result
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        return open_beneath(root, path, url, self)
+
+
+def open_beneath(root: Path, path: Path, shown: str, policy: RootPolicy) -> int:
+    """Open the regular file ``path`` (resolved, inside ``root``) following no link.
+
+    Each component below ``root`` is opened relative to its parent with ``O_NOFOLLOW``: a link
+    swapped in after the path was resolved and checked makes the open fail (SourceRefused
+    naming ``policy``'s setting), never escape the root. SourceError for a missing file.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        parts = path.relative_to(root).parts
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            # O_NONBLOCK: a FIFO opens at once (then refused below) instead of hanging the thread.
+            flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise SourceError(f"{shown!r}: no such file") from exc
+                raise policy.refusal(shown) from exc  # ELOOP / ENOTDIR: a link or a swap
+            os.close(fd)
+            fd = child
+        if not parts or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceError(f"{shown!r}: not a regular file")
+        os.set_blocking(fd, True)
+        result, fd = fd, -1
+        return result
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 class SourceGuard:
