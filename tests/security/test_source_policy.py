@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -20,15 +22,15 @@ from typing import Any, Iterator
 
 import aiohttp
 import pytest
+import redis
 
 from stream_monitor.app import Monitor
-from stream_monitor.config import ConfigError, load_config
+from stream_monitor.config import ConfigError, IngestConfig, load_config
 from stream_monitor.errors import SourceError, SourceRefused
 from stream_monitor.ingest import open_source
-from stream_monitor.ingest.policy import PROTOCOLS, SCHEMES, HostPolicy, RootPolicy, SourceGuard, open_beneath
 from stream_monitor.ingest.base import SOURCES
+from stream_monitor.ingest.policy import PROTOCOLS, SCHEMES, HostPolicy, RootPolicy, SourceGuard, open_beneath
 from stream_monitor.ingest.rtsp_relay import RelayRefused, ServerStream
-from stream_monitor.config import IngestConfig
 from tests.support.listeners import RecordingListener, outside  # noqa: F401  (fixture)
 from tests.support.polling import until_async
 from tests.support.servers import RedisServer
@@ -264,7 +266,6 @@ def test_host_policy_rules() -> None:
     fixed = {"cam.example": ["10.1.2.3"], "both.example": ["10.1.2.3", "127.0.0.1"], "redis.example": ["10.9.9.9"]}
 
     def resolver(host: str, port: int) -> list[Any]:
-        import ipaddress
         return [ipaddress.ip_address(a) for a in fixed.get(host, [host])]
 
     default = HostPolicy(["*"], "api.source_hosts", [("redis.example", 6379)], resolver=resolver)
@@ -430,3 +431,40 @@ def test_a_link_swapped_in_after_the_check_is_refused(tmp_path: Path) -> None:
     (root / "cams" / "a.mp4").write_bytes(b"video")
     with os.fdopen(open_beneath(real_root, path, str(path), policy), "rb") as f:
         assert f.read() == b"video"
+
+
+# ---------------------------------------------------------------- the fleet's desired set
+
+def test_fleet_desired_streams_are_checked_like_the_api(tmp_path: Path, outside: Outside,
+                                                       redis_server: RedisServer) -> None:
+    """An entry written straight into Redis (by anyone who can write there) is not trusted:
+    the claiming worker refuses it before connecting and it leaves the desired set."""
+    two, three = outside
+    overrides = small_config(worker_name="w1", detectors={"enabled": ["caddm"]}, alerts={"stdout": False},
+                             api={"port": 0, "source_hosts": ["127.0.0.1"]}, redis={"url": redis_server.url},
+                             fleet={"enabled": True, "lease_ttl_s": 1.5, "tick_s": 0.25,
+                                    "journal": str(tmp_path / "w1.jsonl")})
+    client = redis.Redis.from_url(redis_server.url)
+
+    async def main() -> None:
+        monitor = Monitor(load_config(overrides=overrides, environ={}))
+        await monitor.start()
+        try:
+            for stream_id, url in [("a", f"rtsp://{two.address}/cam"), ("b", f"http://{three.address}/v.mp4"),
+                                   ("c", str(tmp_path / "w1.jsonl"))]:
+                client.hset("deepfake:streams", stream_id, json.dumps({"url": url, "added_at": 0, "added_by": "x"}))
+
+            async def gone() -> bool:
+                return client.hlen("deepfake:streams") == 0
+            await until_async(gone, 15, "refused desired streams left the desired set")
+        finally:
+            await monitor.stop(grace=5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.close()
+    records = [json.loads(line) for line in (tmp_path / "w1.jsonl").read_text().splitlines()]
+    refused = {r["stream"] for r in records if r["event"] == "ended" and "not allowed by" in (r["reason"] or "")}
+    assert refused == {"a", "b", "c"}, records
+    _no_connections(two, three)
