@@ -7,6 +7,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.listeners import RecordingListener
 from tests.support.rtsp import RtspServer
 from tests.support.servers import RedisServer
 
@@ -43,3 +44,14 @@ def rtsp_server(tmp_path: Path, face_video: Path) -> Iterator[RtspServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def outside() -> Iterator[tuple[RecordingListener, RecordingListener]]:
+    """Recording listeners on 127.0.0.2 and 127.0.0.3: hosts a refused URL must never reach."""
+    listeners = (RecordingListener("127.0.0.2"), RecordingListener("127.0.0.3"))
+    try:
+        yield listeners
+    finally:
+        for listener in listeners:
+            listener.close()

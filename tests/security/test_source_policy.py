@@ -31,7 +31,7 @@ from stream_monitor.ingest import open_source
 from stream_monitor.ingest.base import SOURCES
 from stream_monitor.ingest.policy import PROTOCOLS, SCHEMES, HostPolicy, RootPolicy, SourceGuard, open_beneath
 from stream_monitor.ingest.rtsp_relay import RelayRefused, ServerStream
-from tests.support.listeners import RecordingListener, outside  # noqa: F401  (fixture)
+from tests.support.listeners import RecordingListener
 from tests.support.polling import until_async
 from tests.support.servers import RedisServer
 from tests.support.small import small_config

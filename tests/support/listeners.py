@@ -11,9 +11,6 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
-
-import pytest
 
 
 @dataclass
@@ -64,14 +61,3 @@ class RecordingListener:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
-
-
-@pytest.fixture
-def outside() -> Iterator[tuple[RecordingListener, RecordingListener]]:
-    """Recording listeners on 127.0.0.2 and 127.0.0.3 (hosts the policy must never reach)."""
-    listeners = (RecordingListener("127.0.0.2"), RecordingListener("127.0.0.3"))
-    try:
-        yield listeners
-    finally:
-        for listener in listeners:
-            listener.close()
