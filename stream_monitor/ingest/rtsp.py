@@ -39,7 +39,7 @@ class RtspSource:
         """Decoded frames as they arrive (see :func:`~stream_monitor.ingest.av_reader.read_video`)."""
         return read_video(self.stream_id, self.url, shown=redact(self.url), options=self.options,
                           open_timeout=self.cfg.open_timeout_s, read_timeout=self.cfg.read_timeout_s,
-                          stop=self._stop, hwaccel=self.cfg.hwaccel)
+                          stop=self._stop, hwaccel=self.cfg.hwaccel, max_pixels=self.cfg.max_pixels)
 
     def close(self) -> None:
         """Ask frames() to stop at its next frame (or its read timeout); safe from any thread."""
