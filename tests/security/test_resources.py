@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import numpy as np
@@ -486,7 +486,7 @@ def test_a_deleted_stream_leaves_no_series(tmp_path: Path, request: pytest.Fixtu
 
                 await until_async(delivered, 10, "the alert outbox to drain")
                 if client is not None:
-                    entries: list[Any] = await client.xrange("deepfake:alerts")
+                    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange("deepfake:alerts"))
                     emitted = [json.loads(fields[b"alert"]) for _, fields in entries]
                 else:
                     emitted = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
