@@ -214,9 +214,10 @@ class RedisConfig(_Section):
 class ApiConfig(_Section):
     """The HTTP API and its limits (the metrics listener shares the connection limits).
 
-    ``max_streams``: streams this worker may run at once, whatever started them (configured,
-    ``POST /streams``, WHIP publishers, fleet claims); beyond it ``POST /streams`` and
-    ``POST /whip/{id}`` get 503 with ``Retry-After: retry_after_s``. With ``fleet.enabled``
+    ``max_streams``: while this worker runs that many streams, whatever started them
+    (configured, ``POST /streams``, WHIP publishers, fleet claims), ``POST /streams`` and
+    ``POST /whip/{id}`` get 503 with ``Retry-After: retry_after_s`` (configured streams
+    always start; fleet claims stop at ``fleet.capacity``). With ``fleet.enabled``
     ``POST /streams`` adds to the fleet's desired set, which it caps at ``max_streams``
     entries (set it to the fleet's total). ``max_sse_clients`` / ``max_mjpeg_clients``:
     concurrent ``GET /events`` / ``live.mjpeg`` responses (503 beyond). ``header_timeout_s``:
