@@ -140,16 +140,27 @@ class Monitor:
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        """Serve ``app`` on ``host``:``port`` within the ``api`` connection limits (header and
+        keep-alive timeouts, connection count: :mod:`.api.server`); the bound port."""
+        from .api.server import ConnectionLimits, GuardedSite
+
+        api = self.cfg.api
         # Idle keep-alive clients (browsers, scrapers) must not hold shutdown for aiohttp's
         # default 60 s: in-flight requests get this long, then connections are closed.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_HTTP_SHUTDOWN_S)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_HTTP_SHUTDOWN_S,
+                               keepalive_timeout=api.keepalive_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = GuardedSite(runner, host, port, ConnectionLimits(api.header_timeout_s, api.max_connections))
         await site.start()
         self._runners.append(runner)
-        server = site._server  # the bound port when 0 was asked for
-        sockets = getattr(server, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        return site.port
+
+    def stream_count(self) -> int:
+        """Streams holding resources here: running (whatever started them: configuration, API,
+        WHIP, fleet) or stopped and still finishing. Ended streams, kept for their last status
+        until replaced or deleted, do not count. What ``api.max_streams`` caps."""
+        running = {sid for sid, handle in self.streams.items() if not handle.task.done()}
+        return len(running | self._closing.keys())
 
     def busy(self, stream_id: str) -> bool:
         """A stream with this id is running or still finishing here."""

@@ -53,6 +53,11 @@ class IngestConfig(_Section):
     A device that cannot be opened, or cannot decode a stream, falls back to software with a
     log line; frames are the same uint8 RGB arrays either way
     (:mod:`stream_monitor.ingest.av_reader`).
+
+    ``max_pixels``: the largest picture (width × height) a source may carry; a larger one
+    fails the source with a ``SourceError`` before it is decoded (the default,
+    4096 × 2160 = 8 847 360, takes DCI and UHD 4K). It bounds the memory one hostile or
+    misconfigured source can make the decoder allocate.
     """
 
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
@@ -64,6 +69,7 @@ class IngestConfig(_Section):
     realtime: bool = True
     max_fps: float | None = Field(None, gt=0)
     hwaccel: HWAccelSetting = "auto"
+    max_pixels: int = Field(4096 * 2160, ge=64 * 64)
 
 
 def url_text_problem(url: str) -> str | None:
@@ -226,6 +232,22 @@ class RedisConfig(_Section):
 
 
 class ApiConfig(_Section):
+    """The HTTP API and its limits (the metrics listener shares the connection limits).
+
+    ``max_streams``: while this worker runs that many streams, whatever started them
+    (configured, ``POST /streams``, WHIP publishers, fleet claims), ``POST /streams`` and
+    ``POST /whip/{id}`` get 503 with ``Retry-After: retry_after_s`` (configured streams
+    always start; fleet claims stop at ``fleet.capacity``). With ``fleet.enabled``
+    ``POST /streams`` adds to the fleet's desired set, which it caps at ``max_streams``
+    entries (set it to the fleet's total). ``max_sse_clients`` / ``max_mjpeg_clients``:
+    concurrent ``GET /events`` / ``live.mjpeg`` responses (503 beyond). ``header_timeout_s``:
+    a connection whose first request's headers are not complete this long after it opened
+    is closed (slow senders); ``keepalive_timeout_s``: an idle kept-alive connection is
+    closed after this long (aiohttp also closes one whose next request's headers are not
+    complete by then). ``max_connections``: open connections per listener; more are closed
+    as soon as they are accepted.
+    """
+
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=0, le=65535)
     token: str | None = None
@@ -248,6 +270,13 @@ class ApiConfig(_Section):
                 ipaddress.ip_network(entry.strip("[]"), strict=False)  # ValueError names the entry
         return v
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_streams: int = Field(32, ge=1)
+    max_sse_clients: int = Field(16, ge=1)
+    max_mjpeg_clients: int = Field(16, ge=1)
+    retry_after_s: int = Field(5, ge=1)
+    header_timeout_s: float = Field(10.0, gt=0)
+    keepalive_timeout_s: float = Field(75.0, gt=0)
+    max_connections: int = Field(256, ge=1)
 
 
 class MetricsConfig(_Section):

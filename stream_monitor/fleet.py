@@ -111,16 +111,23 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
 return redis.call('DEL', KEYS[2])
 """
-# KEYS[1] desired hash, KEYS[2] lease; ARGV: stream id, entry. -1 when the id is held by a
-# stream outside the desired set (WHIP), else HSETNX's 1 (added) or 0 (exists).
+# KEYS[1] desired hash, KEYS[2] lease; ARGV: stream id, entry[, most desired streams]. -1 when
+# the id is held by a stream outside the desired set (WHIP), -2 when a new id would make the
+# set larger than ARGV[3], else HSETNX's 1 (added) or 0 (exists).
 _ADD = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if ARGV[3] and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -2 end
 return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
 class FleetUnavailable(StreamMonitorError):
     """Redis cannot be reached, so the fleet cannot be read or changed now."""
+
+
+class FleetFull(StreamMonitorError):
+    """The desired set holds as many streams as :meth:`Fleet.add` was allowed to let it."""
 
 
 @dataclass(eq=False)
@@ -461,14 +468,19 @@ class Fleet:
 
     # ------------------------------------------------------------------ the API's operations
 
-    async def add(self, stream_id: str, url: str) -> dict[str, Any]:
-        """Add a desired stream; one worker will claim it. Raises ``StreamExists``."""
+    async def add(self, stream_id: str, url: str, max_desired: int | None = None) -> dict[str, Any]:
+        """Add a desired stream; one worker will claim it. Raises ``StreamExists``, and
+        :class:`FleetFull` when the desired set already holds ``max_desired`` streams
+        (checked in the same script as the addition, so concurrent adds cannot overshoot)."""
         from .app import StreamExists
 
+        limit = [] if max_desired is None else [max_desired]
         got = await self._call(self._s_add(keys=[self.streams_key, self.lease_key(stream_id)],
-                                           args=[stream_id, self._entry(url)]))
+                                           args=[stream_id, self._entry(url), *limit]))
         if got == -1:
             raise StreamExists(f"stream {stream_id!r} is live on a worker (a WHIP publisher)")
+        if got == -2:
+            raise FleetFull(f"the fleet has {max_desired} desired streams (api.max_streams); remove one or try later")
         if got == 0:
             raise StreamExists(f"stream {stream_id!r} already exists")
         self._wake.set()

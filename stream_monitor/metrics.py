@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
 _INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -46,7 +47,8 @@ class Metrics:
         self.alert_latency = Histogram(p + "alert_latency_seconds",
                                        "Last frame of the window received -> alert published.",
                                        buckets=_LATENCY_BUCKETS, registry=r)
-        self.alerts = Counter(p + "alerts_total", "Alert events published.", ["stream", "event"], registry=r)
+        self.alerts = Counter(p + "alerts_total", "Alert events emitted (handed to the alert sinks; "
+                                "delivery failures and drops are counted apart).", ["stream", "event"], registry=r)
         self.stream_up = Gauge(p + "stream_up", "1 while the stream delivers frames, else 0.", ["stream"], registry=r)
         self.stream_reconnects = Counter(p + "stream_reconnects_total", "Reconnections of a stream.", ["stream"],
                                          registry=r)
@@ -65,16 +67,27 @@ class Metrics:
                                    registry=r)
         self.leases_lost = Counter(p + "leases_lost_total",
                                    "Streams stopped because this worker could no longer prove its lease.", registry=r)
+        # Every metric with a ``stream`` label: forget_stream removes their series of a deleted stream.
+        self.per_stream: tuple[MetricWrapperBase, ...] = (
+            self.frames_received, self.frames_analysed, self.frames_dropped, self.faces_detected, self.tracks_active,
+            self.alerts, self.stream_up, self.stream_reconnects)
 
     def render(self) -> bytes:
         """Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
 
     def forget_stream(self, stream_id: str) -> None:
-        """Remove a deleted stream's labelled series (keeps /metrics from growing forever)."""
-        for metric in (self.frames_received, self.frames_analysed, self.faces_detected, self.tracks_active,
-                       self.stream_up, self.stream_reconnects):
-            try:
-                metric.remove(stream_id)
-            except KeyError:
-                pass
+        """Remove every series of a deleted stream, whatever its other labels (``stage``,
+        ``event``), from the :attr:`per_stream` metrics, so /metrics does not grow with every
+        stream id ever used."""
+        for metric in self.per_stream:
+            # collect() is the public view of the children; each sample's labels are the
+            # child's label values in declaration order (these are counters and gauges: no
+            # ``le``/``quantile`` sample labels).
+            stale = {tuple(sample.labels.values()) for family in metric.collect() for sample in family.samples
+                     if sample.labels.get("stream") == stream_id}
+            for values in stale:
+                try:
+                    metric.remove(*values)
+                except KeyError:
+                    pass  # removed meanwhile (forget_stream from another thread)

@@ -55,9 +55,15 @@ class AlertSink(Protocol):
         ...
 
 
-def _observe(metrics: Metrics | None, event: AlertEvent) -> None:
+def _count(metrics: Metrics | None, event: AlertEvent) -> None:
+    # At hand-over, not at delivery: a stream's series are removed when it is deleted, and an
+    # event delivered later (Redis slow or down) must not bring them back.
     if metrics is not None:
         metrics.alerts.labels(event.stream_id, event.event).inc()
+
+
+def _delivered(metrics: Metrics | None, event: AlertEvent) -> None:
+    if metrics is not None:
         metrics.alert_latency.observe(max(0.0, time.time() - event.last_arrival))
 
 
@@ -81,7 +87,8 @@ class JsonLinesSink:
         assert self._out is not None, "start() first"
         self._out.write(encode(event) + "\n")
         self._out.flush()
-        _observe(self._metrics, event)
+        _count(self._metrics, event)
+        _delivered(self._metrics, event)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._owned and self._out is not None:
@@ -140,6 +147,7 @@ class RedisPublisher:
         self._task = asyncio.create_task(self._run(), name="redis-publisher")
 
     def publish(self, event: AlertEvent) -> None:
+        _count(self._metrics, event)
         if len(self._outbox) >= self._outbox_max:
             lost = self._outbox.popleft()
             self.dropped += 1
@@ -227,7 +235,7 @@ class RedisPublisher:
                 # publish() may have dropped the oldest while we were sending: pop by identity.
                 if self._outbox and self._outbox[0] is ev:
                     self._outbox.popleft()
-                _observe(self._metrics, ev)
+                _delivered(self._metrics, ev)
             self._gauge()
 
 

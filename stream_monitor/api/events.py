@@ -13,12 +13,16 @@ Each event is ``event: <name>`` plus one line ``data: <JSON object>``:
   come from Redis Pub/Sub (``PSUBSCRIBE {prefix}:alerts:*``: every worker's alerts, as
   delivered to Redis); without Redis from this worker's in-process broadcast only.
 - ``feed``: ``{"source": "redis"|"local", "ok": bool, "error": str|null}`` when the alert
-  feed connects or fails (an unreachable Redis is retried with backoff meanwhile).
+  feed connects or fails (an unreachable Redis is retried with backoff meanwhile); a client
+  that connects while the feed runs gets its latest state at once.
 
-The feed ends when the client leaves (noticed at the next write, at most
-``1 / LIVE_FPS`` s later, or when the transport closes) or the server shuts down; its
-Pub/Sub connection or broadcast queue is released then. A slow client loses its oldest
-queued alerts rather than slowing anything else.
+One alert feed per worker serves every client (:class:`AlertHub`): one Pub/Sub connection
+(or one broadcast queue) however many pages watch, opened for the first client and released
+when the last one leaves or the server shuts down. The feed ends when the client leaves
+(noticed at the next write, at most ``1 / LIVE_FPS`` s later, or when the transport closes)
+or the server shuts down. A slow client loses its oldest queued events rather than slowing
+anything else. At most ``api.max_sse_clients`` feeds are open at once; beyond, ``503`` with
+``Retry-After`` (:mod:`.limits`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from redis.exceptions import RedisError
 
 from ..alerts.publisher import Broadcast
 from ..retry import Backoff
+from .limits import AtLimit, Slots, refused
 
 if TYPE_CHECKING:
     from ..app import Monitor
@@ -52,7 +57,7 @@ Put = Callable[[str, dict[str, Any]], None]
 
 
 class AlertFeed(Protocol):
-    """A live source of alert payloads for one client; ``run`` until cancelled."""
+    """A live source of alert payloads (one per worker, see :class:`AlertHub`); ``run`` until cancelled."""
 
     source: str
 
@@ -128,6 +133,80 @@ def alert_feed(monitor: "Monitor") -> AlertFeed:
     return LocalAlertFeed(monitor.broadcast)
 
 
+class AlertHub:
+    """One :class:`AlertFeed` fanned out to every subscribed client's ``put``.
+
+    The feed runs while a client is subscribed: the first :meth:`subscribe` starts it, the
+    last :meth:`unsubscribe` (or :meth:`close`) stops it and waits until its connection is
+    released. Every alert and ``feed`` status goes to each client; one subscribing while the
+    feed runs gets the latest ``feed`` status at once.
+    """
+
+    def __init__(self, feed: AlertFeed) -> None:
+        self.feed = feed
+        self._clients: set[Put] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._status: dict[str, Any] | None = None
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The exception the feed stopped with (feeds retry their own I/O errors, so a bug);
+        subscribers end their responses and the next :meth:`subscribe` starts it again."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
+    def subscribe(self, put: Put) -> None:
+        self._clients.add(put)
+        if self._task is None or self._task.done():
+            self._status = None
+            self._task = asyncio.create_task(self._run(), name="events-alert-feed")
+        elif self._status is not None:
+            put("feed", self._status)
+
+    async def unsubscribe(self, put: Put) -> None:
+        self._clients.discard(put)
+        if not self._clients:
+            await self._stop()
+
+    async def close(self) -> None:
+        """Stop the feed for good (server shutdown)."""
+        self._clients.clear()
+        await self._stop()
+
+    async def _stop(self) -> None:
+        # Forget the task first: a client subscribing while it winds down starts a new one.
+        task, self._task, self._status = self._task, None, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        me = asyncio.current_task()
+
+        def deliver(name: str, data: dict[str, Any]) -> None:
+            if self._task is not me:
+                return  # a stopped feed's last words
+            if name == "feed":
+                self._status = data
+            for put in list(self._clients):
+                put(name, data)
+
+        try:
+            await self.feed.run(deliver)
+        except Exception:
+            log.exception("the alert feed for /events failed")
+            raise
+
+
+ALERT_HUB = web.AppKey("ui_alert_hub", AlertHub)
+
+
 def _sse(name: str, data: dict[str, Any]) -> bytes:
     # json.dumps never emits a raw newline, so one data: line always holds the whole object.
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
@@ -137,8 +216,24 @@ def add_event_routes(app: web.Application) -> None:
     from . import MONITOR
     from ..app import worker_name
 
+    monitor = cast("Monitor", app[MONITOR])
+    hub = AlertHub(alert_feed(monitor))
+    slots = Slots(monitor.cfg.api.max_sse_clients, "/events feeds (api.max_sse_clients)")
+
     async def events(request: web.Request) -> web.StreamResponse:
-        monitor = cast("Monitor", request.app[MONITOR])
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":
+            return web.Response(headers=headers)  # no body: never enter the endless loop
+        try:
+            slots.acquire()
+        except AtLimit as exc:
+            return refused(exc, monitor.cfg.api.retry_after_s)
+        try:
+            return await feed(request, headers)
+        finally:
+            slots.release()
+
+    async def feed(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
         closing = request.app[CLOSING]
         only = request.query.get("stream")
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(_QUEUE)
@@ -148,20 +243,17 @@ def add_event_routes(app: web.Application) -> None:
                 queue.get_nowait()  # a slow client loses its oldest events, never blocks the feed
             queue.put_nowait((name, data))
 
-        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        if request.method == "HEAD":
-            return web.Response(headers=headers)  # no body: never enter the endless loop
-        feed = alert_feed(monitor)
         resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
-        feed_task = asyncio.create_task(feed.run(put), name="events-alert-feed")
+        hub.subscribe(put)
         loop = asyncio.get_running_loop()
         sent: dict[str, tuple[int, int | None]] = {}  # stream id -> (its pipeline, frame seq) last sent
         try:
             await resp.write(f"retry: {RETRY_MS}\n\n".encode())
             await resp.write(_sse("config", {
-                "redis": bool(monitor.cfg.redis.url), "alerts": feed.source, "threshold": monitor.cfg.alerts.threshold,
-                "worker": worker_name(monitor.cfg), "live_fps": LIVE_FPS, "streams_period_s": STREAMS_PERIOD_S}))
+                "redis": bool(monitor.cfg.redis.url), "alerts": hub.feed.source,
+                "threshold": monitor.cfg.alerts.threshold, "worker": worker_name(monitor.cfg), "live_fps": LIVE_FPS,
+                "streams_period_s": STREAMS_PERIOD_S}))
             next_streams = next_live = loop.time()
             while not closing.is_set() and request.transport is not None and not request.transport.is_closing():
                 now = loop.time()
@@ -184,20 +276,23 @@ def add_event_routes(app: web.Application) -> None:
                     await resp.write(_sse(name, data))
                     while not queue.empty():
                         await resp.write(_sse(*queue.get_nowait()))
-                if feed_task.done() and not feed_task.cancelled() and feed_task.exception() is not None:
-                    log.error("alert feed for /events failed: %r", feed_task.exception())
-                    break
+                if hub.failure is not None:
+                    break  # logged by the hub; the page reconnects after RETRY_MS
         except ConnectionError:
             pass  # the client left
         finally:
-            feed_task.cancel()
-            await asyncio.gather(feed_task, return_exceptions=True)
+            await hub.unsubscribe(put)
         return resp
 
     async def on_shutdown(app: web.Application) -> None:
         # Long-lived feeds would otherwise hold the server's graceful shutdown for its full timeout.
         app[CLOSING].set()
 
+    async def on_cleanup(app: web.Application) -> None:
+        await app[ALERT_HUB].close()
+
     app[CLOSING] = asyncio.Event()
+    app[ALERT_HUB] = hub
     app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     app.router.add_get("/events", events)

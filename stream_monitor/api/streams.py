@@ -7,6 +7,10 @@ the live ``workers``; ``POST`` adds a desired stream (201, ``"state": "unassigne
 a worker claims it, usually within ``fleet.tick_s``); ``DELETE`` removes it (204 when it
 stopped here or ran nowhere, 202 when its owner, another worker, stops it within a tick).
 503 when Redis cannot be reached.
+
+``POST`` is refused with 503 and ``Retry-After`` (:mod:`.limits`) when the worker runs
+``api.max_streams`` streams (every stream it runs counts, WHIP publishers and configured
+streams too), or in a fleet when the desired set holds ``api.max_streams`` streams.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from aiohttp import web
 
 from ..app import StreamExists, UnknownStream
 from ..errors import SourceError, SourceRefused
-from ..fleet import FleetUnavailable
+from ..fleet import FleetFull, FleetUnavailable
 from ..ingest.base import check_url
 from ..ingest.policy import SourceGuard
 from .auth import error
+from .limits import AtLimit, refused, stream_cap
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -58,6 +63,8 @@ async def check_source(url: str, guard: SourceGuard) -> web.Response | None:
 def add_stream_routes(app: web.Application) -> None:
     from . import MONITOR
 
+    cap = stream_cap(app)
+
     async def list_streams(request: web.Request) -> web.Response:
         monitor: Any = request.app[MONITOR]
         if monitor.fleet is not None:
@@ -84,12 +91,17 @@ def add_stream_routes(app: web.Application) -> None:
         if refusal is not None:
             return refusal
         location = {"Location": f"/streams/{stream_id}"}
+        retry_after_s = monitor.cfg.api.retry_after_s
         try:
             if monitor.fleet is not None:
-                return web.json_response(await monitor.fleet.add(stream_id, url), status=201, headers=location)
-            handle = await monitor.add_stream(stream_id, url)
+                added = await monitor.fleet.add(stream_id, url, max_desired=monitor.cfg.api.max_streams)
+                return web.json_response(added, status=201, headers=location)
+            with cap.admit():
+                handle = await monitor.add_stream(stream_id, url)
         except StreamExists as exc:
             return error(409, str(exc))
+        except (AtLimit, FleetFull) as exc:
+            return refused(exc, retry_after_s)
         except FleetUnavailable as exc:
             return error(503, str(exc))
         except SourceRefused as exc:

@@ -11,7 +11,8 @@ frame was analysed, each frame JPEG-encoded once in a worker thread however many
 watch (:class:`JpegCache`). It ends when the client leaves, when the stream ends or is
 removed (a stream started again under the same id needs a new request), or when the server
 shuts down. The frame is the one whose faces ``/events`` ``live`` events describe, so boxes
-drawn from those events line up with the picture.
+drawn from those events line up with the picture. At most ``api.max_mjpeg_clients`` feeds are
+open at once (all streams together); beyond, ``503`` with ``Retry-After`` (:mod:`.limits`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from ..pipeline import StreamPipeline
 from ..types import Frame
 from .auth import error
 from .events import CLOSING, add_event_routes
+from .limits import AtLimit, Slots, refused
 
 if TYPE_CHECKING:
-    from ..app import Monitor
+    from ..app import Monitor, StreamHandle
 
 STATIC_DIR = Path(__file__).with_name("static")
 MJPEG_MAX_FPS = 10.0
@@ -91,20 +93,33 @@ def add_ui_routes(app: web.Application) -> None:
     """The page, its static files, the MJPEG feed and ``/events``."""
     from . import MONITOR
 
+    monitor = cast("Monitor", app[MONITOR])
+    slots = Slots(monitor.cfg.api.max_mjpeg_clients, "live.mjpeg feeds (api.max_mjpeg_clients)")
+
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
 
     async def live_mjpeg(request: web.Request) -> web.StreamResponse:
-        monitor = cast("Monitor", request.app[MONITOR])
         stream_id = request.match_info["id"]
         handle = monitor.streams.get(stream_id)
         if handle is None:
             return error(404, f"no stream {stream_id!r}")
-        closing, jpegs = request.app[CLOSING], request.app[JPEGS]
         headers = {"Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}", "Cache-Control": "no-store",
                    "X-Content-Type-Options": "nosniff"}
         if request.method == "HEAD":
             return web.Response(headers=headers)  # no body: never enter the endless loop
+        try:
+            slots.acquire()
+        except AtLimit as exc:
+            return refused(exc, monitor.cfg.api.retry_after_s)
+        try:
+            return await feed(request, handle, headers)
+        finally:
+            slots.release()
+
+    async def feed(request: web.Request, handle: "StreamHandle", headers: dict[str, str]) -> web.StreamResponse:
+        stream_id = handle.id
+        closing, jpegs = request.app[CLOSING], request.app[JPEGS]
         resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)
         loop = asyncio.get_running_loop()

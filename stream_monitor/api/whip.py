@@ -12,7 +12,9 @@
 - ``409`` a stream with that id is live (added by URL, or another WHIP session);
 - ``413`` the body is larger than ``api.max_body_bytes`` (aiohttp);
 - ``415`` any other content type (with ``Accept-Post: application/sdp``);
-- ``503`` with ``Retry-After`` when ``webrtc.max_sessions`` sessions run (RFC 9725 §4.5).
+- ``503`` with ``Retry-After`` when ``webrtc.max_sessions`` sessions run (RFC 9725 §4.5),
+  or when the worker runs ``api.max_streams`` streams of any kind (:mod:`.limits`; a WHIP
+  publisher is a stream like the others).
 
 ``DELETE /whip/{stream_id}/{session}``: ``200`` once the session is ended and its stream has
 finished (final windows scored, incidents' end events sent; bounded wait), ``404`` if there
@@ -41,6 +43,7 @@ from ..app import StreamExists
 from ..fleet import FleetUnavailable
 from ..ingest.sdp import BadOffer
 from .auth import error
+from .limits import AtLimit, refused, stream_cap
 from .streams import _ID
 from .whip_sessions import AtCapacity, WhipSessions
 
@@ -59,6 +62,7 @@ def add_whip_routes(app: web.Application) -> None:
     monitor: Any = app[MONITOR]
     sessions = WhipSessions(monitor, monitor.cfg.webrtc)
     app[WHIP_SESSIONS] = sessions
+    cap = stream_cap(app)
 
     async def publish(request: web.Request) -> web.Response:
         stream_id = request.match_info["stream_id"]
@@ -72,7 +76,10 @@ def add_whip_routes(app: web.Application) -> None:
         except UnicodeDecodeError:
             return error(400, "the SDP offer is not UTF-8 text")
         try:
-            session = await sessions.create(stream_id, offer)
+            with cap.admit():
+                session = await sessions.create(stream_id, offer)
+        except AtLimit as exc:
+            return refused(exc, monitor.cfg.api.retry_after_s)
         except AtCapacity as exc:
             return error(503, str(exc), {"Retry-After": str(monitor.cfg.webrtc.retry_after_s)})
         except StreamExists as exc:

@@ -14,7 +14,18 @@ Shared by the RTSP and file sources. Contract of :func:`read_video`:
   closes the container itself: closing it from another thread while FFmpeg is inside a
   read would be a use-after-free;
 - raises :class:`~stream_monitor.errors.SourceError` with the (redacted) URL and the reason
-  for open failures, timeouts, read errors and media it cannot decode.
+  for open failures, timeouts, read errors and media it cannot decode;
+- never decodes a picture larger than ``max_pixels`` (``ingest.max_pixels``, width × height).
+
+Picture size: FFmpeg's own ``max_pixels`` limit is set on the stream probing inside
+``av.open`` and on the decoder, so a larger picture is refused before its buffer is allocated
+(a hostile 8192 × 8192 PNG costs a few MB, not hundreds). A size the container or codec
+headers state (H.264, HEVC, VP9, ... parameter sets) fails the source at open, and a
+mid-stream change to such a size at its first refused packet, with "frame size WxH exceeds
+ingest.max_pixels=N". A size only decoding reveals (PNG, MJPEG) makes the decoder refuse
+those pictures, which end the source like other undecodable media, the error naming the
+limit. Every decoded frame's size is checked again before it is converted (a decoder that
+does not apply FFmpeg's limit).
 
 Timeouts: PyAV's interrupt callback aborts an open after ``open_timeout`` s and a single
 read after ``read_timeout`` s. FFmpeg's RTSP demuxer retries once after an interrupted
@@ -48,7 +59,7 @@ import av.error
 from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.stream import VideoStream
 
-from ..config import HWAccelName, HWAccelSetting
+from ..config import HWAccelName, HWAccelSetting, IngestConfig
 from ..errors import SourceError
 from ..types import Frame
 
@@ -65,6 +76,7 @@ HWACCEL_PREFERENCE: tuple[HWAccelName, ...] = ("cuda", "vaapi", "qsv", "videotoo
 # Decoders the device probe looks in for a hardware config: what cameras and files carry.
 _PROBE_CODECS = ("h264", "hevc", "av1", "vp9", "mpeg2video", "mjpeg")
 _logged_once: set[str] = set()
+DEFAULT_MAX_PIXELS: int = IngestConfig.model_fields["max_pixels"].default
 _logged_once_lock = threading.Lock()
 
 
@@ -197,11 +209,33 @@ def open_container(target: str, shown: str, options: dict[str, str], open_timeou
         raise SourceError(f"{shown}: cannot open ({_reason(exc)})") from exc
 
 
-def _first_video(container: av.container.InputContainer, shown: str) -> VideoStream:
+def _first_video(container: av.container.InputContainer, shown: str, max_pixels: int) -> VideoStream:
+    """The first video stream, its decoder limited to ``max_pixels``; SourceError when there
+    is none or its stated picture size is larger."""
     if not container.streams.video:
         raise SourceError(f"{shown}: no video stream (streams: "
                           f"{', '.join(s.type for s in container.streams) or 'none'})")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    check_frame_size(ctx.width, ctx.height, max_pixels, shown)  # 0x0 when only decoding tells
+    # Read by avcodec_open2 at the first decode: larger pictures fail before allocation.
+    ctx.options = {**ctx.options, "max_pixels": str(max_pixels)}
+    return stream
+
+
+def check_frame_size(width: int, height: int, max_pixels: int, shown: str) -> None:
+    """SourceError when a ``width`` × ``height`` picture is over ``max_pixels``."""
+    if width * height > max_pixels:
+        raise SourceError(f"{shown}: frame size {width}x{height} exceeds ingest.max_pixels={max_pixels}")
+
+
+def _decode_failure(exc: BaseException, max_pixels: int) -> str:
+    """The reason a packet did not decode, with the size limit when that may be the cause
+    (FFmpeg reports a refused picture size as an invalid argument or invalid data)."""
+    hint = ""
+    if isinstance(exc, (av.error.ArgumentError, av.error.InvalidDataError)):
+        hint = f"; pictures over ingest.max_pixels={max_pixels} are refused"
+    return _reason(exc) + hint
 
 
 def _decoder_in_use(stream_id: str, stream: VideoStream, setting: HWAccelSetting, device: str,
@@ -222,21 +256,23 @@ def _decoder_in_use(stream_id: str, stream: VideoStream, setting: HWAccelSetting
 def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, str] | None = None,
                open_timeout: float | None = None, read_timeout: float | None = None,
                stop: threading.Event | None = None, pace: bool = False,
-               hwaccel: HWAccelSetting = "none", io_open: IoOpen | None = None) -> Iterator[Frame]:
+               hwaccel: HWAccelSetting = "none", io_open: IoOpen | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Frame]:
     """Frames of the first video stream of ``target`` (see the module docstring).
 
     ``hwaccel`` picks the decoder as ``ingest.hwaccel`` does (software by default); frames are
     uint8 RGB ``[H, W, 3]`` in system memory whichever decoder runs. ``io_open``: see
-    :func:`open_container`.
+    :func:`open_container`. ``max_pixels`` is ``ingest.max_pixels``: no larger picture is decoded.
     """
     stop = stop or threading.Event()
-    options = options or {}
+    # Also the codec options of av.open's stream probing, which decodes a picture of some codecs.
+    options = {**(options or {}), "max_pixels": str(max_pixels)}
     device, why = _resolve(hwaccel)
     container = open_container(target, shown, options, open_timeout, read_timeout,
                                None if device == "software" else HWAccel(device, allow_software_fallback=True),
                                io_open)
     try:
-        stream = _first_video(container, shown)
+        stream = _first_video(container, shown, max_pixels)
         decoder = _decoder_in_use(stream_id, stream, hwaccel, device, why)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         period = 1.0 / float(rate) if rate else 1.0 / 25.0
@@ -244,6 +280,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
         last_pts: float | None = None
         clock_ref: tuple[float, float] | None = None  # (monotonic, pts) that pacing counts from
         bad_packets = 0
+        last_failure: str | None = None  # why the latest packet that failed did not decode
         keyframe_seen = False
         packets = container.demux(stream)
         while not stop.is_set():
@@ -262,6 +299,9 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:
+                # A decoder that refused a larger picture (a mid-stream size change) still
+                # reports the size it was given, for codecs whose headers state it (H.264).
+                check_frame_size(stream.codec_context.width, stream.codec_context.height, max_pixels, shown)
                 if decoder != "software" and index == 0 and keyframe_seen:
                     # Errors before a keyframe are the stream's (a live join mid-GOP); from one
                     # on, with no frame out yet, the device cannot decode this stream (driver,
@@ -271,7 +311,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                     container.close()
                     container = open_container(target, shown, options, open_timeout, read_timeout,
                                                io_open=io_open)
-                    stream = _first_video(container, shown)
+                    stream = _first_video(container, shown, max_pixels)
                     decoder = _decoder_in_use(stream_id, stream, hwaccel, "software",
                                               f"{device} decode failed")
                     packets = container.demux(stream)
@@ -279,11 +319,12 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                     keyframe_seen = False
                     continue
                 bad_packets += 1
+                last_failure = _decode_failure(exc, max_pixels)
                 if bad_packets >= MAX_BAD_PACKETS:
                     hint = "" if decoder == "software" else \
                         f"; decoder {decoder}, ingest.hwaccel=none decodes in software"
                     raise SourceError(f"{shown}: undecodable video ({bad_packets} packets in a row failed; "
-                                      f"last: {_reason(exc)}{hint})") from exc
+                                      f"last: {last_failure}{hint})") from exc
                 continue
             bad_packets = 0
             for vf in decoded:
@@ -297,6 +338,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                         clock_ref = (now, pts)  # fell far behind: rebase rather than burst the backlog
                     elif due > now and stop.wait(due - now):
                         return
+                check_frame_size(vf.width, vf.height, max_pixels, shown)
                 image = vf.to_ndarray(format="rgb24")
                 yield Frame(stream_id, index, float(pts), time.time(), image)
                 last_pts = pts
@@ -304,6 +346,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                 if stop.is_set():
                     return
         if index == 0 and not stop.is_set():
-            raise SourceError(f"{shown}: ended before any video frame could be decoded")
+            why = f" (last decode error: {last_failure})" if last_failure else ""
+            raise SourceError(f"{shown}: ended before any video frame could be decoded{why}")
     finally:
         container.close()

@@ -66,7 +66,8 @@ class FileSource:
         """The file's frames in order; paced in real time when ``live``."""
         return read_video(self.stream_id, self.target, shown=self.shown, options=self.options,
                           open_timeout=self.open_timeout, read_timeout=self.read_timeout,
-                          stop=self._stop, pace=self.live, hwaccel=self.cfg.hwaccel, io_open=self.io_open)
+                          stop=self._stop, pace=self.live, hwaccel=self.cfg.hwaccel, io_open=self.io_open,
+                          max_pixels=self.cfg.max_pixels)
 
     def close(self) -> None:
         """Ask frames() to stop at its next frame; safe from any thread."""

@@ -55,7 +55,7 @@ class RtspSource:
     def _read(self, target: str) -> Iterator[Frame]:
         return read_video(self.stream_id, target, shown=redact(self.url), options=self.options,
                           open_timeout=self.cfg.open_timeout_s, read_timeout=self.cfg.read_timeout_s,
-                          stop=self._stop, hwaccel=self.cfg.hwaccel)
+                          stop=self._stop, hwaccel=self.cfg.hwaccel, max_pixels=self.cfg.max_pixels)
 
     def _relayed(self, guard: SourceGuard) -> Iterator[Frame]:
         upstream = guard.connect(self.url)
