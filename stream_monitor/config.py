@@ -221,6 +221,9 @@ class AlertsConfig(_Section):
     cooldown_s: float = Field(10.0, ge=0)
     jsonl: Path | None = None
     stdout: bool | None = None
+    # Alerts waiting for Redis beyond redis.outbox_max, and those undelivered at shutdown, are
+    # kept here (one append-only, fsynced file per worker) and delivered first at the next start.
+    spool_dir: Path | None = None
 
 
 class RedisConfig(_Section):

@@ -57,7 +57,9 @@ class Metrics:
                                               "Failed attempts to write alerts to Redis.", registry=r)
         self.whip_sessions = Gauge(p + "whip_sessions", "WHIP sessions (WebRTC publishers) negotiating or connected.",
                                    registry=r)
-        self.alerts_dropped = Counter(p + "alerts_dropped_total", "Alert events dropped because the outbox was full.",
+        self.alerts_dropped = Counter(p + "alerts_dropped_total",
+                                      "Alert events lost, by reason: overflow (outbox full, no spool), spool_error, "
+                                      "corrupt_spool, shutdown (undelivered at exit, no spool).", ["reason"],
                                       registry=r)
         # Scale-out (fleet.enabled): every worker reports the fleet-wide unassigned count.
         self.streams_unassigned = Gauge(p + "streams_unassigned",

@@ -91,7 +91,7 @@ def test_outage_delays_but_loses_nothing(redis_server: RedisServer) -> None:
     asyncio.run(main())
 
 
-def test_outbox_bound_drops_oldest_and_counts(tmp_path: Any) -> None:
+def test_outbox_bound_drops_updates_before_start_and_end(tmp_path: Any) -> None:
     async def main() -> None:
         metrics = Metrics()
         pub = RedisPublisher("redis://127.0.0.1:9/0", outbox_max=5, metrics=metrics, socket_timeout=0.2,
@@ -100,9 +100,12 @@ def test_outbox_bound_drops_oldest_and_counts(tmp_path: Any) -> None:
         for i in range(8):
             pub.publish(_event(i))
         assert pub.pending == 5 and pub.dropped == 3
-        assert [e.payload["seq"] for e in pub.queued()] == [3, 4, 5, 6, 7]
-        assert sample(metrics, "stream_monitor_alerts_dropped_total") == 3
+        # The incident's start (seq 0) stays; the oldest updates made room.
+        assert [e.payload["seq"] for e in pub.queued()] == [0, 4, 5, 6, 7]
+        assert sample(metrics, "stream_monitor_alerts_dropped_total", reason="overflow") == 3
         await pub.close(timeout=0.3)
+        # Without a spool, what is undelivered at exit is lost and counted as such.
+        assert sample(metrics, "stream_monitor_alerts_dropped_total", reason="shutdown") == 5
 
     asyncio.run(main())
 
