@@ -65,6 +65,9 @@ class IngestConfig(_Section):
     read_timeout_s: float = Field(5.0, gt=0)
     stall_timeout_s: float = Field(10.0, gt=0)
     reconnect: BackoffConfig = BackoffConfig()
+    # A session must deliver frames this long before the reconnect backoff starts over: a camera
+    # that drops every few seconds (flapping) keeps backing off instead of retrying every initial_s.
+    stable_after_s: float = Field(10.0, ge=0)
     queue_frames: int = Field(8, ge=1)
     realtime: bool = True
     max_fps: float | None = Field(None, gt=0)
