@@ -68,6 +68,9 @@ class IngestConfig(_Section):
     # A session must deliver frames this long before the reconnect backoff starts over: a camera
     # that drops every few seconds (flapping) keeps backing off instead of retrying every initial_s.
     stable_after_s: float = Field(10.0, ge=0)
+    # HTTP(S) sources: "auto" treats a live HLS playlist, an MJPEG camera or a stream without
+    # duration as a camera (reconnect when it ends) and anything else as a file (ends once).
+    live: bool | Literal["auto"] = "auto"
     queue_frames: int = Field(8, ge=1)
     realtime: bool = True
     max_fps: float | None = Field(None, gt=0)

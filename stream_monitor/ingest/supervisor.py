@@ -286,6 +286,8 @@ class StreamSupervisor:
                         log.info("stream %s: end of stream after %d frames", self.stream_id, session.delivered)
                     break
                 if not session.delivered:
+                    # An HTTP source knows whether it is a live feed only once it has opened.
+                    handoff.drop_oldest = source.live
                     session.first_frame_at = time.monotonic()
                     self._sessions += 1
                     self._up.set(1)
