@@ -319,7 +319,7 @@ def weights_import(file: Path = typer.Argument(..., help="an authors' checkpoint
 
 @weights_app.command("fetch")
 def weights_fetch(
-    names: Optional[list[str]] = typer.Argument(None, metavar="NAME...",
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME",
                                                 help="caddm_efficientnet_b4, caddm_efficientnet_b3, caddm_resnet34, "
                                                      "sta_clip_vitl14, styleflow_psp_encoder, or caddm / sta"),
     accept_licence: bool = typer.Option(False, "--accept-licence",

@@ -155,6 +155,8 @@ class DriveClient:
         self.progress = progress
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "stream-monitor-weights-fetch"
+        # The bytes as stored: sizes and Range offsets then count the file itself, not a gzip stream.
+        self.session.headers["Accept-Encoding"] = "identity"
 
     def _allowed(self, url: str, what: str) -> str:
         parts = urlsplit(url)

@@ -132,8 +132,10 @@ def describe(weights_dir: Path) -> list[str]:
             lines.append(f"  {'':<12} source: {spec.source}")
             lines.append(f"  {'':<12} licence: {spec.licence}")
             fetch_name = name if spec.part == "model" else f"{name}_{spec.part}"
-            if lookup(fetch_name) is not None:
-                lines.append(f"  {'':<12} fetch: stream-monitor weights fetch {fetch_name}")
+            source = lookup(fetch_name)
+            if source is not None:
+                accept = " --accept-licence" if source.non_commercial else ""
+                lines.append(f"  {'':<12} fetch: stream-monitor weights fetch {fetch_name}{accept}")
     return lines
 
 

@@ -130,13 +130,31 @@ def test_fetch_through_the_confirm_page_records_then_verifies(tmp_path: Path, dr
     assert again.exit_code == 0 and f"present caddm_resnet34: {target}" in again.stdout
     assert len(drive.requests) == 3
 
-    # A changed file no longer matches its record: fetch and verify both refuse it.
+    # A changed file no longer matches its record.
     target.write_bytes(r34[:-1] + bytes([r34[-1] ^ 1]))
     line = _one_error_line(_fetch(drive.url, weights, "caddm_resnet34"), 2)
     assert "resnet34.pkl" in line and "recorded when it was fetched" in line
-    verify = CliRunner().invoke(app, ["weights", "verify", "--weights-dir", str(weights), "--detectors", "caddm"],
-                                catch_exceptions=False)
-    assert verify.exit_code == 2 and "FAILED" in verify.stdout
+
+
+def test_verify_holds_a_fetched_file_to_the_manifest(tmp_path: Path, drive: FakeDrive) -> None:
+    b4 = _authors_layout("caddm_efficientnet_b4")
+    drive.files[CADDM_ID] = DriveFile(b4)
+    weights = tmp_path / "w"
+    res = _fetch(drive.url, weights, "caddm")  # the detector's default model
+    assert res.exit_code == 0 and "downloaded caddm_efficientnet_b4" in res.stdout, res.stderr
+
+    def verify() -> Result:
+        return CliRunner().invoke(app, ["weights", "verify", "--weights-dir", str(weights), "--detectors", "caddm"],
+                                  catch_exceptions=False)
+
+    ok = verify()
+    assert ok.exit_code == 0 and f"efficientnet-b4.pkl sha256 {_sha(b4)}" in ok.stdout, ok.stdout
+    # Same layout, other bytes (the epoch): loads fine, but is not the file that was fetched.
+    changed = io.BytesIO()
+    torch.save({**torch.load(io.BytesIO(b4), weights_only=True), "epoch": 4}, changed)
+    (weights / "efficientnet-b4.pkl").write_bytes(changed.getvalue())
+    bad = verify()
+    assert bad.exit_code == 2 and "caddm: FAILED" in bad.stdout and "recorded when it was fetched" in bad.stdout
 
 
 def test_resume_after_a_dropped_connection(tmp_path: Path, drive: FakeDrive, r34: bytes) -> None:
@@ -250,6 +268,9 @@ def test_oversized_quota_and_offline(tmp_path: Path, drive: FakeDrive) -> None:
     line = _one_error_line(_fetch(drive.url, weights, "styleflow"), 2)
     assert "not public" in line and "styleflow_psp_encoder" in line
     assert _one_error_line(_fetch(drive.url, weights), 2).startswith("error: name at least one")
+    (weights / "manifest.json").write_text("{not json")
+    line = _one_error_line(_fetch(drive.url, weights, "caddm_resnet34"), 2)
+    assert "unreadable manifest" in line and len(drive.requests) == before
 
 
 def test_archive_members_are_taken_by_name_only(tmp_path: Path, drive: FakeDrive, r34: bytes) -> None:
