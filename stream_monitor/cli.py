@@ -317,6 +317,41 @@ def weights_import(file: Path = typer.Argument(..., help="an authors' checkpoint
     typer.echo(f"imported {file} -> {dst} (sha256 {digest})")
 
 
+@weights_app.command("fetch")
+def weights_fetch(
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME",
+                                                help="caddm_efficientnet_b4, caddm_efficientnet_b3, caddm_resnet34, "
+                                                     "sta_clip_vitl14, styleflow_psp_encoder, or caddm / sta"),
+    accept_licence: bool = typer.Option(False, "--accept-licence",
+                                        help="accept a non-commercial licence (StA, pSp); required for those files"),
+    offline: bool = typer.Option(False, "--offline", help="never download: only check the files already present"),
+    weights_dir: Path = typer.Option(Path("weights")),
+    base_url: Optional[str] = typer.Option(None, envvar="STREAM_MONITOR_WEIGHTS_BASE_URL", hidden=True),
+) -> None:
+    """Download the authors' public checkpoints from Google Drive (resumable), check them like
+    `import`, and record their size and sha256 in WEIGHTS_DIR/manifest.json (later fetches must match).
+    Files already present are only checked. Exit 1 on a network failure (run again to resume)."""
+    from .drive_download import DownloadError, DriveClient
+    from .weights_fetch import fetch
+    from .weights_sources import fetchable_names
+
+    if not names:
+        raise _fail(f"name at least one checkpoint to fetch: {', '.join(fetchable_names())}")
+    try:
+        fetched = fetch(names, weights_dir, accept_licence=accept_licence, offline=offline,
+                        client=DriveClient(base_url), say=lambda line: typer.echo(line, err=True))
+    except WeightsError as exc:
+        raise _fail(str(exc)) from None
+    except DownloadError as exc:
+        raise _fail(str(exc), code=1) from None
+    except OSError as exc:
+        raise _fail(f"cannot write under {weights_dir}: {exc}", code=1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; run the command again to resume the download", code=1) from None
+    for f in fetched:
+        typer.echo(f"{f.state} {f.model}: {f.path} ({f.size} bytes, sha256 {f.sha256})")
+
+
 @app.command()
 def bench(
     streams: int = typer.Option(1, min=1, help="streams run at once"),
