@@ -123,7 +123,7 @@ class Monitor:
         self.policy = AlertPolicy(PolicyConfig(
             threshold=a.threshold, fusion=a.fusion, weights=a.weights, start_after=a.start_after,
             end_after=a.end_after, cooldown_s=a.cooldown_s, calibrated=self.engine.calibrated,
-            models=self.engine.model_ids, worker=worker_name(self.cfg)))
+            models=self.engine.model_ids, worker=worker_name(self.cfg), calibration=self.engine.calibration))
         await self.sink.start()
         await self._start_http()
         if self.fleet is not None:

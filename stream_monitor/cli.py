@@ -421,6 +421,56 @@ def bench(
         os._exit(0)
 
 
+@app.command()
+def calibrate(
+    scores: Path = typer.Argument(..., help="scores.jsonl from `stream-monitor eval` (one line per video and detector)"),
+    out: Path = typer.Option(..., "--out", "-o", help="calibration file to write (detectors.calibration)"),
+    fpr: float = typer.Option(0.01, help="target false-positive rate on real videos for every threshold"),
+    method: str = typer.Option("platt", help="platt (logistic on the logit) or isotonic"),
+    level: str = typer.Option("frame", help="frame: each frame/window probability (what live alerts "
+                              "threshold); video: each video's score"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the configuration the scores were made "
+                                          "with: its detectors and model ids are recorded"),
+    detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default weights/)"),
+    random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="the scores came from random "
+                                                  "weights (plumbing checks)"),
+) -> None:
+    """Fit calibrated probabilities, fusion and thresholds at a target FPR from SCORES into --out."""
+    from .calibration import LEVELS, METHODS, ScoresError, fit_calibration, read_scores, save_calibration
+
+    if not 0.0 < fpr < 1.0:
+        raise _fail(f"--fpr must be in (0, 1); got {fpr}")
+    if method not in METHODS or level not in LEVELS:
+        raise _fail(f"--method {'|'.join(METHODS)}, --level {'|'.join(LEVELS)}")
+    cfg = _config(config, _overrides(detectors, weights_dir, random_weights, None, None, None, None, None, None,
+                                     None))
+    if not out.parent.is_dir():
+        raise _fail(f"{out}: no such directory {out.parent}")
+    try:
+        rows, digest = read_scores(scores)
+        from .inference.engine import model_ids_for
+
+        models = model_ids_for(cfg.detectors)
+        calibration = fit_calibration(rows, models, fpr=fpr, method=method, level=level,  # type: ignore[arg-type]
+                                      source={"scores": str(scores), "sha256": digest,
+                                              "videos": len({r.video for r in rows})})
+        save_calibration(calibration, out)
+    except (ScoresError, WeightsError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
+    typer.echo(f"{calibration.method} calibration at {calibration.level} level, target FPR {fpr:g} -> {out}")
+    typer.echo(f"{'detectors':<24} {'threshold':>9} {'FPR':>7} {'TPR':>7} {'real':>8} {'fake':>8}")
+    entries = [(d, c) for d, c in sorted(calibration.detectors.items())] + \
+        [("+".join(m.detectors), m) for m in sorted(calibration.fused.values(), key=lambda m: m.detectors)]
+    for name, entry in entries:
+        typer.echo(f"{name:<24} {entry.threshold:>9.6f} {entry.fpr:>7.4f} {entry.tpr:>7.4f} "
+                   f"{entry.n_real:>8} {entry.n_fake:>8}")
+        if entry.fpr > fpr:
+            typer.echo(f"warning: {name}: real samples score 1.0 too often to reach FPR {fpr:g}", err=True)
+
+
 def main() -> None:
     app()
 

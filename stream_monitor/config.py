@@ -198,6 +198,9 @@ class DetectorsConfig(_Section):
     caddm: DetectorConfig = DetectorConfig()
     sta: DetectorConfig = DetectorConfig()
     styleflow: DetectorConfig = DetectorConfig()
+    # A file from `stream-monitor calibrate` (stream_monitor.calibration): calibrated probabilities,
+    # fusion and thresholds at a target false-positive rate; it must be fitted for these models.
+    calibration: Path | None = None
 
     @field_validator("compile", mode="before")
     @classmethod

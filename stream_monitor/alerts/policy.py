@@ -13,6 +13,14 @@ after ``end_after`` consecutive scores below it or when the track ends. After an
 same track cannot start a new incident for ``cooldown_s`` seconds of stream time.
 One incident keeps one ``alert_id``; ``seq`` counts its events from 0.
 
+Calibration (``calibration``, a :class:`~stream_monitor.calibration.Calibration` from
+``detectors.calibration``): each detector's raw probability is mapped to its calibrated
+probability, the detectors present are fused by the calibration's own model for exactly that
+combination (a lone detector: its calibrated probability), and the score is compared with
+that model's threshold, set at the calibration's target false-positive rate; ``threshold``,
+``fusion`` and ``weights`` are then unused. Events carry the calibrated probabilities in
+``detectors``, the raw ones in ``raw``, and the target in ``fpr``.
+
 Times: ``cooldown_s`` is measured in stream time (window end timestamps), so the policy is
 deterministic for a given input; ``emitted_at`` comes from the injected wall clock.
 """
@@ -25,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
+from ..calibration import Assessment, Calibration
 from ..types import BBox, Score
 
 Fusion = Literal["mean", "max", "weighted"]
@@ -41,6 +50,7 @@ class PolicyConfig:
     calibrated: bool = True
     models: Mapping[str, str] = field(default_factory=dict)
     worker: str = ""
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         if self.start_after < 1 or self.end_after < 1:
@@ -110,6 +120,14 @@ class AlertPolicy:
         self._new_id = new_id
         self._tracks: dict[tuple[str, int], _TrackState] = {}
 
+    def assess(self, probabilities: Mapping[str, float]) -> Assessment:
+        """The per-detector probabilities shown in events, the fused score and its threshold
+        for a track's latest raw probabilities (calibrated when a calibration is set)."""
+        cfg = self.config
+        if cfg.calibration is not None:
+            return cfg.calibration.assess(probabilities)
+        return Assessment(dict(probabilities), fuse(probabilities, cfg.fusion, cfg.weights), cfg.threshold)
+
     def active_incidents(self) -> int:
         return sum(1 for s in self._tracks.values() if s.alert_id is not None)
 
@@ -119,8 +137,8 @@ class AlertPolicy:
         state = self._tracks.setdefault((score.stream_id, score.track_id), _TrackState())
         state.latest[score.detector] = score.probability
         state.last = score
-        fused = fuse(state.latest, cfg.fusion, cfg.weights)
-        over = fused >= cfg.threshold
+        fused = self.assess(state.latest)
+        over = fused.score >= fused.threshold
         if state.alert_id is None:
             state.over = state.over + 1 if over else 0
             cooling = state.last_end_pts is not None and score.end_pts - state.last_end_pts < cfg.cooldown_s
@@ -138,15 +156,15 @@ class AlertPolicy:
         state = self._tracks.pop((stream_id, track_id), None)
         if state is None or state.alert_id is None:
             return []
-        return [self._end(state, fuse(state.latest, self.config.fusion, self.config.weights))]
+        return [self._end(state, self.assess(state.latest))]
 
-    def _end(self, state: _TrackState, fused: float) -> AlertEvent:
+    def _end(self, state: _TrackState, fused: Assessment) -> AlertEvent:
         event = self._event(state, "end", fused)
         state.alert_id, state.over, state.under = None, 0, 0
         state.last_end_pts = state.last.end_pts if state.last is not None else None
         return event
 
-    def _event(self, state: _TrackState, kind: str, fused: float) -> AlertEvent:
+    def _event(self, state: _TrackState, kind: str, fused: Assessment) -> AlertEvent:
         assert state.alert_id is not None and state.last is not None
         cfg, s = self.config, state.last
         bbox: BBox = s.bbox
@@ -156,15 +174,18 @@ class AlertPolicy:
             "seq": state.seq,
             "stream_id": s.stream_id,
             "track_id": s.track_id,
-            "score": round(float(fused), 6),
-            "threshold": cfg.threshold,
-            "detectors": {d: round(float(p), 6) for d, p in sorted(state.latest.items())},
+            "score": round(float(fused.score), 6),
+            "threshold": fused.threshold,
+            "detectors": {d: round(float(p), 6) for d, p in sorted(fused.detectors.items())},
             "window": {"start_pts": round(s.start_pts, 3), "end_pts": round(s.end_pts, 3), "frames": s.frames},
             "bbox": [round(float(v), 1) for v in bbox],
-            "calibrated": cfg.calibrated,
+            "calibrated": cfg.calibrated or cfg.calibration is not None,
             "models": {d: cfg.models[d] for d in sorted(state.latest) if d in cfg.models},
             "emitted_at": _iso(self._clock()),
             "worker": cfg.worker,
         }
+        if cfg.calibration is not None:
+            payload["fpr"] = cfg.calibration.fpr_target
+            payload["raw"] = {d: round(float(p), 6) for d, p in sorted(state.latest.items())}
         state.seq += 1
         return AlertEvent(payload, s.last_arrival)

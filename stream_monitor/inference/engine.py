@@ -27,6 +27,12 @@ batches mix streams round-robin, and under overload a lane sheds the oldest requ
 its busiest stream, counted as ``frames_dropped_total{stream, stage}`` (stage ``faces``
 or ``window_<detector>``), so one flooding stream cannot starve the others.
 
+Calibration (``detectors.calibration``): :meth:`Engine.load` reads and validates the file
+before building any model and, once they are built, refuses it (:class:`CalibrationError`,
+the service does not start) unless it was fitted for exactly the running detectors and
+model ids (:func:`model_ids_for` computes them without building models, for
+``stream-monitor calibrate``). The alert policy applies it (:mod:`stream_monitor.alerts.policy`).
+
 Precision (``detectors.precision``) is applied by the runners (autocast, and
 channels-last on CUDA; see :mod:`stream_monitor.inference.runners`); ``fp16`` without
 CUDA falls back to fp32 with a warning, so one config serves GPU and CPU hosts.
@@ -43,7 +49,8 @@ import torch
 
 import models
 
-from ..config import Config
+from ..calibration import Calibration, load_calibration
+from ..config import Config, DetectorsConfig
 from ..faces.detect import FaceDetector, create_detector
 from ..faces.roi import RegionDetector
 from ..metrics import Metrics
@@ -78,6 +85,15 @@ def window_spec(detector: str, card: models.ModelCard, sample_fps: float | str |
                       pad_final=not per_frame)
 
 
+def model_ids_for(dcfg: DetectorsConfig) -> dict[str, str]:
+    """The ids :attr:`Engine.model_ids` will report for ``dcfg`` (``name@sha256 prefix`` of the
+    resolved checkpoint files, ``name@random`` with random weights), without building models;
+    raises ``WeightsError`` like :meth:`Engine.load` when files are missing."""
+    resolved = {} if dcfg.random_weights else resolve_all(dcfg)
+    return {d: model_fingerprint(model_name(d, dcfg), resolved[d].files if d in resolved else ())
+            for d in dcfg.enabled}
+
+
 @dataclass(frozen=True)
 class DetectRequest:
     """A face-detection request: the frame and the detectors its stream's gate chose
@@ -110,6 +126,7 @@ class Engine:
         self._last_full: dict[str, float] = {}  # worker thread: pts of each stream's last full-frame pass
         self._faces: Batcher[DetectRequest, FrameAnalysis] | None = None
         self._lanes: dict[str, Batcher[Clip, float]] = {}
+        self.calibration: Calibration | None = None  # detectors.calibration, checked against the models
 
     @property
     def calibrated(self) -> bool:
@@ -128,10 +145,13 @@ class Engine:
     def load(self) -> None:
         """Resolve weights (``WeightsError`` if missing), build and load every model."""
         dcfg = self.cfg.detectors
+        # A bad calibration file fails before minutes of model building.
+        calibration = load_calibration(dcfg.calibration) if dcfg.calibration is not None else None
         resolved = {} if dcfg.random_weights else resolve_all(dcfg)
         if dcfg.random_weights:
             log.warning("RANDOM WEIGHTS: detectors are untrained; scores are meaningless and every alert says "
-                        "\"calibrated\": false")
+                        "\"calibrated\": %s", "false" if calibration is None else
+                        "true only because the calibration file was fitted on these same random models")
         precision = dcfg.precision
         if precision == "fp16" and self.device.type != "cuda":
             log.warning("detectors.precision fp16 needs CUDA; running fp32 on %s (bf16 also runs on a CPU)",
@@ -155,6 +175,11 @@ class Engine:
             log.info("detector %s: %s on %s (%s), window %d/%d at %s fps", detector,
                      self.runners[detector].model_id, self.device, precision, spec.window_len, spec.stride,
                      spec.sample_fps or "every")
+        if calibration is not None:
+            calibration.check_models(self.model_ids)
+            log.info("calibration %s: thresholds at FPR %g (%s, %s level) replace alerts.threshold, fusion and "
+                     "weights", dcfg.calibration, calibration.fpr_target, calibration.method, calibration.level)
+            self.calibration = calibration
         self.face_detector = create_detector(self.cfg.faces, self.device)
         self.regions = RegionDetector(self.face_detector, self.cfg.faces)
         if self.cfg.faces.roi.enabled and not self.regions.enabled:
