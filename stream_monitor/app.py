@@ -122,7 +122,7 @@ class Monitor:
         a = self.cfg.alerts
         self.policy = AlertPolicy(PolicyConfig(
             threshold=a.threshold, fusion=a.fusion, weights=a.weights, start_after=a.start_after,
-            end_after=a.end_after, cooldown_s=a.cooldown_s, calibrated=self.engine.calibrated,
+            end_after=a.end_after, cooldown_s=a.cooldown_s,
             models=self.engine.model_ids, worker=worker_name(self.cfg), calibration=self.engine.calibration))
         await self.sink.start()
         await self._start_http()

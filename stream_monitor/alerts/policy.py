@@ -47,7 +47,6 @@ class PolicyConfig:
     start_after: int = 2
     end_after: int = 3
     cooldown_s: float = 10.0
-    calibrated: bool = True
     models: Mapping[str, str] = field(default_factory=dict)
     worker: str = ""
     calibration: Calibration | None = None
@@ -179,7 +178,7 @@ class AlertPolicy:
             "detectors": {d: round(float(p), 6) for d, p in sorted(fused.detectors.items())},
             "window": {"start_pts": round(s.start_pts, 3), "end_pts": round(s.end_pts, 3), "frames": s.frames},
             "bbox": [round(float(v), 1) for v in bbox],
-            "calibrated": cfg.calibrated or cfg.calibration is not None,
+            "calibrated": cfg.calibration is not None,
             "models": {d: cfg.models[d] for d in sorted(state.latest) if d in cfg.models},
             "emitted_at": _iso(self._clock()),
             "worker": cfg.worker,

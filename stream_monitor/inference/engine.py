@@ -130,7 +130,10 @@ class Engine:
 
     @property
     def calibrated(self) -> bool:
-        return not self.cfg.detectors.random_weights
+        """Whether scores are calibrated probabilities: only with a calibration file fitted on
+        these models (``stream-monitor calibrate``). The authors' weights alone are not: their
+        probabilities were never calibrated for live video, so 0.5 is no operating point."""
+        return self.calibration is not None
 
     @property
     def model_ids(self) -> dict[str, str]:

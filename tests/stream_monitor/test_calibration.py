@@ -260,7 +260,7 @@ def test_policy_events_carry_calibrated_scores_threshold_and_fpr() -> None:
     cal = fit_calibration(_rows(10, {"caddm": 2.0, "sta": 2.0}, videos=60, frames=10),
                           {"caddm": MODELS["caddm"], "sta": MODELS["sta"]}, fpr=0.05)
     ids = itertools.count()
-    policy = AlertPolicy(PolicyConfig(threshold=0.0, start_after=1, end_after=1, calibrated=False, models=MODELS,
+    policy = AlertPolicy(PolicyConfig(threshold=0.0, start_after=1, end_after=1, models=MODELS,
                                       calibration=cal), clock=lambda: 0.0, new_id=lambda: f"id{next(ids)}")
 
     def score(detector: str, p: float, t: float) -> Score:
@@ -282,7 +282,7 @@ def test_policy_events_carry_calibrated_scores_threshold_and_fpr() -> None:
     (end,) = policy.on_track_end("cam1", 1)
     assert end.payload["event"] == "end" and end.payload["calibrated"] is True
     # Without a calibration nothing changes: the configured threshold and flag, no extra fields.
-    plain = AlertPolicy(PolicyConfig(threshold=0.0, start_after=1, calibrated=False), clock=lambda: 0.0)
+    plain = AlertPolicy(PolicyConfig(threshold=0.0, start_after=1), clock=lambda: 0.0)
     (ev,) = plain.on_score(score("caddm", 0.2, 1.0))
     assert ev.payload["calibrated"] is False and "fpr" not in ev.payload and "raw" not in ev.payload
     assert ev.payload["threshold"] == 0.0 and ev.payload["detectors"] == {"caddm": 0.2}

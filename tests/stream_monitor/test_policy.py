@@ -76,7 +76,7 @@ def test_threshold_zero_always_alerts() -> None:
 
 
 def test_payload_schema() -> None:
-    policy = _policy(start_after=1, calibrated=False)
+    policy = _policy(start_after=1)  # no calibration file: "calibrated": false
     policy.on_score(_score(0.4, 1.0, det="caddm"))
     (ev,) = policy.on_score(_score(0.9, 2.0, det="sta"))
     p = ev.payload
