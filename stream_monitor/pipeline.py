@@ -130,6 +130,7 @@ class StreamPipeline:
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
         finally:
+            self.policy.forget_stream(self.stream_id)
             self.closed = True
 
     async def _close_tracks(self, forget: bool) -> None:

@@ -10,7 +10,11 @@ that has scored the track. Each new window score updates the fused score:
 Hysteresis: an incident **starts** after ``start_after`` consecutive scores at or above
 the threshold, emits an **update** for every later score while it lasts, and **ends**
 after ``end_after`` consecutive scores below it or when the track ends. After an end, the
-same track cannot start a new incident for ``cooldown_s`` seconds of stream time.
+same face cannot start a new incident for ``cooldown_s`` seconds of stream time: not the same
+track, and not a new track of the same stream whose box overlaps where an incident of a track
+that has since ended was last seen (IoU ≥ :data:`SAME_FACE_IOU` or centres within half a box
+side: the tracker lost the face for a moment and found it again under a new id). Such cooldown
+zones are kept per stream only while they can still cool something.
 One incident keeps one ``alert_id``; ``seq`` counts its events from 0.
 
 Calibration (``calibration``, a :class:`~stream_monitor.calibration.Calibration` from
@@ -37,6 +41,7 @@ from ..calibration import Assessment, Calibration
 from ..types import BBox, Score
 
 Fusion = Literal["mean", "max", "weighted"]
+SAME_FACE_IOU = 0.3
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,28 @@ class _TrackState:
     last: Score | None = None
 
 
+@dataclass(frozen=True)
+class _Zone:
+    """Where an ended track's incident ended, and when (stream time)."""
+
+    bbox: BBox
+    end_pts: float
+
+
+def same_face(a: BBox, b: BBox) -> bool:
+    """Whether two boxes in one stream are, plausibly, the same face a moment apart."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    if union > 0 and inter / union >= SAME_FACE_IOU:
+        return True
+    side = max(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1])
+    dx = (a[0] + a[2] - b[0] - b[2]) / 2
+    dy = (a[1] + a[3] - b[1] - b[3]) / 2
+    return (dx * dx + dy * dy) ** 0.5 <= side / 2
+
+
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -118,6 +145,7 @@ class AlertPolicy:
         self._clock = clock
         self._new_id = new_id
         self._tracks: dict[tuple[str, int], _TrackState] = {}
+        self._zones: dict[str, list[_Zone]] = {}  # per stream: cooldowns of tracks that ended
 
     def assess(self, probabilities: Mapping[str, float]) -> Assessment:
         """The per-detector probabilities shown in events, the fused score and its threshold
@@ -140,7 +168,9 @@ class AlertPolicy:
         over = fused.score >= fused.threshold
         if state.alert_id is None:
             state.over = state.over + 1 if over else 0
-            cooling = state.last_end_pts is not None and score.end_pts - state.last_end_pts < cfg.cooldown_s
+            cooling = self._cooling(state.last_end_pts, score.end_pts) or any(
+                self._cooling(z.end_pts, score.end_pts) and same_face(z.bbox, score.bbox)
+                for z in self._zones.get(score.stream_id, ()))
             if state.over >= cfg.start_after and not cooling:
                 state.alert_id, state.seq, state.under = self._new_id(), 0, 0
                 return [self._event(state, "start", fused)]
@@ -153,9 +183,24 @@ class AlertPolicy:
     def on_track_end(self, stream_id: str, track_id: int) -> list[AlertEvent]:
         """The track is gone: end its open incident, if any, and forget it."""
         state = self._tracks.pop((stream_id, track_id), None)
-        if state is None or state.alert_id is None:
+        if state is None:
             return []
-        return [self._end(state, self.assess(state.latest))]
+        events = [] if state.alert_id is None else [self._end(state, self.assess(state.latest))]
+        if state.last_end_pts is not None and state.last is not None:
+            zones = [z for z in self._zones.get(stream_id, ()) if self._cooling(z.end_pts, state.last.end_pts)]
+            self._zones[stream_id] = zones + [_Zone(state.last.bbox, state.last_end_pts)]
+        return events
+
+    def forget_stream(self, stream_id: str) -> None:
+        """The stream is gone: drop its cooldown zones (its tracks were ended one by one)."""
+        self._zones.pop(stream_id, None)
+        for key in [k for k in self._tracks if k[0] == stream_id]:
+            del self._tracks[key]
+
+    def _cooling(self, ended_pts: float | None, now_pts: float) -> bool:
+        # Stream time restarts with each connection: a time before the end is a new session's,
+        # and a new session's faces are not held back by the last one's.
+        return ended_pts is not None and 0.0 <= now_pts - ended_pts < self.config.cooldown_s
 
     def _end(self, state: _TrackState, fused: Assessment) -> AlertEvent:
         event = self._event(state, "end", fused)
