@@ -66,7 +66,8 @@ def test_engine_runs_the_deployed_model_and_gives_their_video_score() -> None:
         analyses = await asyncio.gather(*(p for p in pending if p is not None))  # every frame is sampled
         assert len(analyses) == 64
         clips = [c for a in analyses for c in a.clips if c.detector == "styleflow"]
-        scores = list(await asyncio.gather(*(engine.score(c) for c in clips)))
+        # Not sheddable: this test is about the scores, not about overload on a busy host.
+        scores = list(await asyncio.gather(*(engine.score(c, sheddable=False) for c in clips)))
         await engine.stop()
         return clips, scores
 
@@ -117,3 +118,25 @@ def test_predict_a_video_with_the_deployed_model(face_video: Path) -> None:
     assert result["models"]["styleflow"] == "styleflow_truemedia@random"
     assert 0.0 <= result["detectors"]["styleflow"] <= 1.0
     assert set(result["detectors"]) == {"caddm", "styleflow"}
+
+
+def test_engine_finds_and_loads_true_best_strictly(tmp_path: Path) -> None:
+    import models
+    from stream_monitor.errors import WeightsError
+
+    overrides = small_config(detectors={"enabled": ["styleflow"], "random_weights": False,
+                                        "weights_dir": str(tmp_path)})
+    overrides["detectors"]["styleflow"] = {"model": "styleflow_truemedia", "overrides": TRUEMEDIA_SMALL}
+    cfg = load_config(overrides=overrides, environ={})
+    with pytest.raises(WeightsError, match=r"true_best_1118\.pth"):  # the card names the deployed file
+        Engine(cfg, Metrics()).load()
+    torch.manual_seed(7)
+    state = models.create_model("styleflow_truemedia", **TRUEMEDIA_SMALL).state_dict()
+    torch.save({"model": state, "epoch": 11}, tmp_path / "true_best_1118.pth")
+    engine = Engine(cfg, Metrics())
+    engine.load()
+    runner = engine.runners["styleflow"]
+    assert runner.model_id.startswith("styleflow_truemedia@") and not runner.model_id.endswith("@random")
+    assert runner.model.load_report.ok and runner.model.load_report.loaded == len(state)
+    loaded = runner.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
