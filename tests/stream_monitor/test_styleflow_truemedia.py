@@ -136,6 +136,7 @@ def test_engine_finds_and_loads_true_best_strictly(tmp_path: Path) -> None:
     engine = Engine(cfg, Metrics())
     engine.load()
     runner = engine.runners["styleflow"]
+    assert isinstance(runner, ClipRunner)
     assert runner.model_id.startswith("styleflow_truemedia@") and not runner.model_id.endswith("@random")
     assert runner.model.load_report.ok and runner.model.load_report.loaded == len(state)
     loaded = runner.model.state_dict()
