@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -59,7 +59,7 @@ from ..weights import model_name, resolve_all
 from ..windows import DetectionGate, WindowSpec
 from .analysis import FrameAnalysis, StreamAnalysis, resolve_align_device
 from .batcher import Batcher
-from .runners import RUNNERS, DetectorRunner, model_fingerprint
+from .runners import DetectorRunner, model_fingerprint, runner_class
 from .worker import InferenceWorker, resolve_device
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,10 @@ class Engine:
             assert isinstance(card, models.ModelCard)
             spec = window_spec(detector, card, det_cfg.sample_fps, det_cfg.window_len, det_cfg.window_stride)
             fingerprint = model_fingerprint(name, weights.files if weights else ())
-            self.runners[detector] = RUNNERS[detector](detector, model, card, fingerprint, spec, self.device,
-                                                       precision, align_on_device=self.align_device is not None,
-                                                       compile=dcfg.compile)
+            runner_cls = runner_class(detector, model)
+            self.runners[detector] = runner_cls(detector, model, card, fingerprint, spec, self.device, precision,
+                                                align_on_device=self.align_device is not None,
+                                                compile=dcfg.compile)
             log.info("detector %s: %s on %s (%s), window %d/%d at %s fps", detector,
                      self.runners[detector].model_id, self.device, precision, spec.window_len, spec.stride,
                      spec.sample_fps or "every")
@@ -328,6 +329,13 @@ class Engine:
         """:meth:`admit` then :meth:`detect`: ``None`` for a skipped frame."""
         request = self.admit(frame)
         return None if request is None else self.detect(request)
+
+    def video_score(self, detector: str, scores: Sequence[float]) -> float:
+        """``detector``'s score of a whole video from its window scores (what :meth:`score`
+        returned; per-frame detectors: their frames' probabilities): the mean, or the model's
+        own definition (TrueMedia's StyleFlow: sigmoid of the mean clip logit); see
+        :meth:`~stream_monitor.inference.runners.DetectorRunner.video_score`."""
+        return self.runners[detector].video_score(scores)
 
     def score(self, clip: Clip, sheddable: bool = True) -> "asyncio.Future[float]":
         """The clip's probability from its detector lane; a sheddable (live) clip may fail with
