@@ -15,6 +15,7 @@ from stream_monitor.alerts.policy import AlertEvent
 from stream_monitor.alerts.publisher import RedisPublisher
 from stream_monitor.metrics import Metrics
 from stream_monitor.retry import Backoff
+from tests.support.api import alert_log
 from tests.support.polling import sample, until
 from tests.support.servers import RedisServer, free_port
 from tests.support.tcp_proxy import DelayingProxy
@@ -30,12 +31,7 @@ def _incident(alert: str, updates: int) -> list[AlertEvent]:
 
 
 async def _entries(url: str) -> list[tuple[str, int]]:
-    client = aioredis.Redis.from_url(url)
-    try:
-        raw = await client.xrange("deepfake:alerts")
-    finally:
-        await client.aclose()
-    return [(p["alert_id"], p["seq"]) for p in (json.loads(f[b"alert"]) for _, f in raw)]
+    return [(p["alert_id"], p["seq"]) for p in await alert_log(url)]
 
 
 def test_a_reply_after_the_timeout_does_not_duplicate(redis_server: RedisServer) -> None:
