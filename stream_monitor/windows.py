@@ -11,7 +11,7 @@ of frames:
   ``step = max(1, round(source_fps / sample_fps))`` (halves round up; ``sample_fps=None``:
   step 1), so 25/30 fps sources give every frame and 50/60 fps every second one — never a
   fractional pattern such as 2, 2, 1. The source rate is the median of the last 15
-  timestamp intervals between adjacent frames (adjacent ``seq``); the step changes only
+  timestamp intervals per source frame (``Δpts / Δseq`` of successive frames); the step changes only
   when the rate ratio leaves ``step ± 0.6`` (no flapping at a half), and a change starts a
   new run. :class:`StepSampler` decides this at stream level, fed every decoded frame by
   ``seq`` (the supervisor's number: a gap is a frame dropped before us) and ``pts``.
@@ -189,7 +189,8 @@ def decimation_step(source_fps: float, sample_fps: float | None) -> int:
 class Link:
     """A consecutive-frame detector's sample and its place in the stream's run of samples.
 
-    ``step``: the run's decimation, in source frames (seq numbers). ``prev``: the seq of the
+    ``step``: the run's decimation, in source frames (seq numbers; 1 at a run's first sample
+    while the source rate is not yet known). ``prev``: the seq of the
     run's previous sample — exactly ``step`` before this one, with no timestamp jump between
     — or ``None`` when a run starts here; ``reason`` then says why the previous run ended
     (one of :data:`GAP_REASONS`; ``None`` for the stream's first sample).
@@ -204,10 +205,12 @@ class StepSampler:
     """Every ``step``-th source frame, in runs of consecutive samples (see the module docstring).
 
     Feed :meth:`admit` every frame the caller sees, in order. ``step`` is
-    :func:`decimation_step` of the estimated source rate (:attr:`period`); until a rate is
-    known (the first frame, or frames with no adjacent predecessor) the run's step is
-    undetermined and adopts the first estimate without a break. After a break the next
-    frame seen starts the new run at once (the decimation's phase moves there).
+    :func:`decimation_step` of the estimated source rate (:attr:`period`: the median of the
+    last 15 intervals per source frame, ``Δpts / Δseq`` between successive frames seen, so a
+    missing frame does not distort it). The stream's first frame is sampled before any rate
+    is known; the run adopts the first estimate (the next frame's) without a break, as it
+    does after timestamps restart. After a break the next frame seen starts the new run at
+    once (the decimation's phase moves there).
     """
 
     def __init__(self, sample_fps: float | None) -> None:
@@ -215,14 +218,15 @@ class StepSampler:
             raise ValueError("sample_fps must be positive or None")
         self.sample_fps = sample_fps
         self._intervals: deque[float] = deque(maxlen=_PERIOD_HISTORY)
+        self._period: float | None = None  # their median
         self._seen: tuple[int, float] | None = None  # (seq, pts) of the last frame seen
         self._taken: tuple[int, float] | None = None  # (seq, pts) of the run's last sample
         self._step: int | None = None  # the run's step; None until the source rate is known
 
     @property
     def period(self) -> float | None:
-        """The source's frame interval (s): the median of recent intervals between adjacent frames."""
-        return statistics.median(self._intervals) if self._intervals else None
+        """The source's frame interval (s): the median of recent intervals per source frame."""
+        return self._period
 
     @property
     def step(self) -> int | None:
@@ -249,9 +253,12 @@ class StepSampler:
         seen, self._seen = self._seen, (seq, pts)
         if seen is not None:
             if pts < seen[1]:
-                self._intervals.clear()  # timestamps restarted (a new session): its rate may differ
-            elif seq == seen[0] + 1 and pts > seen[1]:
-                self._intervals.append(pts - seen[1])
+                self._intervals.clear()  # timestamps restarted (a new session): its rate may differ,
+                self._period = self._step = None  # so its first estimate is adopted, not taken for a change
+            elif seq > seen[0] and pts > seen[1]:
+                # Per source frame: frames missing in between (a seq gap) took their time too.
+                self._intervals.append((pts - seen[1]) / (seq - seen[0]))
+                self._period = statistics.median(self._intervals)
         estimate = self._estimated_step()
         if self._taken is None:
             return self._start(seq, pts, estimate, None)
