@@ -441,14 +441,9 @@ class TrackWindows:
         """The seq of the newest item (``None``: empty, e.g. right after :meth:`close_run`)."""
         return self._ring[-1].seq if self._ring else None
 
-    def push(self, item: WindowItem, follows: int | None = None) -> tuple[WindowItem, ...] | None:
-        """Add a sampled item; return a full window when one is due. For a consecutive-frame
-        spec ``follows`` is the seq of the sample the item continues (its :class:`Link`'s
-        ``prev``): an item that does not continue a non-empty ring is refused with
-        ``ValueError`` (close the run first), so no window can hold a gap."""
-        if self.spec.consecutive and self._ring and self._ring[-1].seq != follows:
-            raise ValueError(f"{self.spec.detector}: item {item.seq} follows {follows}, "
-                             f"not the run's last item {self._ring[-1].seq}")
+    def push(self, item: WindowItem) -> tuple[WindowItem, ...] | None:
+        """Add a sampled item; return a full window when one is due. (A consecutive-frame
+        spec's continuity is the caller's: :meth:`WindowBank.push` checks it.)"""
         self._ring.append(item)
         self._total += 1
         self._since_emit += 1
@@ -568,10 +563,19 @@ class WindowBank:
         return out
 
     def push(self, track_id: int, detector: str, item: WindowItem) -> Clip | None:
-        """Add an item that :meth:`sample` accepted; return a clip when a window is due."""
-        link = self._links.get(detector)
-        follows = None if link is None else link.prev
-        items = self._windows(track_id)[detector].push(item, follows)
+        """Add an item that :meth:`sample` accepted; return a clip when a window is due.
+
+        A consecutive-frame detector's item must continue the track's run: the run is empty
+        or its last item is the sample this frame's link follows (:meth:`open_frame` closed
+        every other run). Anything else is refused with ``ValueError``, so no window can hold
+        a gap whatever the caller does."""
+        windows = self._windows(track_id)[detector]
+        if detector in self._steps:
+            link = self._links.get(detector)
+            if link is None or windows.last_seq not in (None, link.prev):
+                raise ValueError(f"{detector}: frame {item.seq} does not continue track {track_id}'s run "
+                                 f"(last {windows.last_seq}, link {link}); call open_frame for each frame")
+        items = windows.push(item)
         if items is None:
             return None
         return Clip(self.stream_id, track_id, detector, items)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from stream_monitor.types import Clip, WindowItem
-from stream_monitor.windows import (GAP_REASONS, DetectionGate, FrameSampler, Link, StepSampler, TrackWindows,
-                                    WindowBank, WindowSpec, decimation_step)
+from stream_monitor.windows import (GAP_REASONS, DetectionGate, FrameSampler, Link, StepSampler, WindowBank,
+                                    WindowSpec, decimation_step)
 
 _POINTS = np.zeros((5, 2), np.float32)
 _PATCH = np.zeros((1, 1, 3), np.uint8)
@@ -198,13 +198,15 @@ def test_a_long_run_cut_by_a_gap_scores_its_tail_and_a_short_one_is_never_padded
 
 
 def test_an_item_that_does_not_continue_the_run_is_refused() -> None:
-    w = TrackWindows(SPEC4)
-    w.push(_item(0, 0.0), None)
-    w.push(_item(1, 1 / 30), 0)
+    bank = WindowBank("s", [SPEC4])
+    _feed(bank, [(0, 0.0, {1}), (1, 1 / 30, {1})])
     with pytest.raises(ValueError):
-        w.push(_item(3, 3 / 30), 2)
-    assert w.close_run() == (None, True) and w.last_seq is None
-    w.push(_item(3, 3 / 30), None)  # a new run may start anywhere
+        bank.push(1, "sf", _item(2, 2 / 30))  # no open_frame: no link says frame 2 follows 1
+    bank.open_frame(3, 3 / 30, {"sf": Link(1, 2)})  # a gate that linked 3 to 2, which never came
+    assert bank.take_discarded() == {("sf", "frame_gap"): 1}, "the bank closed the run instead"
+    bank.push(1, "sf", _item(3, 3 / 30))  # a new run
+    with pytest.raises(ValueError):
+        bank.push(1, "sf", _item(5, 5 / 30))  # the same frame's link cannot continue 3
 
 
 # ---------------------------------------------------------------- property test
