@@ -11,9 +11,9 @@ of frames:
   ``step = max(1, round(source_fps / sample_fps))`` (halves round up; ``sample_fps=None``:
   step 1), so 25/30 fps sources give every frame and 50/60 fps every second one — never a
   fractional pattern such as 2, 2, 1. The source rate is the median of the last 15
-  timestamp intervals per source frame (``Δpts / Δseq`` of successive frames); the step changes only
-  when the rate ratio leaves ``step ± 0.6`` (no flapping at a half), and a change starts a
-  new run. :class:`StepSampler` decides this at stream level, fed every decoded frame by
+  timestamp intervals per source frame (``Δpts / Δseq`` of successive frames); the step
+  changes only when the rate ratio leaves ``step ± 0.6`` (no flapping at a half), and a
+  change starts a new run. :class:`StepSampler` decides this at stream level, fed every decoded frame by
   ``seq`` (the supervisor's number: a gap is a frame dropped before us) and ``pts``.
 * **Runs.** Two samples are consecutive when the second is exactly ``step`` seq numbers
   after the first and at most ``step + 0.5`` source periods later (a longer interval is a
@@ -54,7 +54,9 @@ Partial windows at track end — the deliberate policy:
 
 For a consecutive-frame detector "track" here means the track's current run: a track that
 was missed on its detector's last sample ended its run then (a gap, counted as above),
-not at its end.
+not at its end. The tracker ends a track only after ``max_missed`` misses, so a face that
+leaves the picture closes its last run as a ``missed_detection``; the track-end policy
+applies to runs still unbroken when the stream stops or reconnects.
 
 A window emitted this way has ``Clip.final = True`` and ``Clip.padded`` counts the
 reflected items, so an alert can say how much of it was real.
