@@ -387,7 +387,7 @@ _psp_preprocess = functools.partial(normalize_crops, crop_size=CROP_SIZE, input_
 def _card(name: str, **kw: Any) -> ModelCard:
     common: dict[str, Any] = dict(
         name=name, family="styleflow", paper=_PAPER, code=_CODE, template=STYLEFLOW_TEMPLATE,
-        colour_order="RGB", clip_len=32, window_len=32, window_stride=32, sample_fps=30.0,
+        colour_order="RGB", clip_len=32, window_len=32, window_stride=32, sample_fps=30.0, consecutive=True,
         sampling=_SAMPLING, checkpoints=(_PSP_SPEC, _STYLEGRU_SPEC, _CONTENT_SPEC),
     )
     common.update(kw)

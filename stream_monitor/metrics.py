@@ -40,6 +40,11 @@ class Metrics:
         self.tracks_active = Gauge(p + "tracks_active", "Face tracks currently alive.", ["stream"], registry=r)
         self.windows_scored = Counter(p + "windows_scored_total", "Windows scored by a detector.", ["detector"],
                                       registry=r)
+        self.windows_discarded = Counter(
+            p + "windows_discarded_total",
+            "Runs of consecutive frames (StyleFlow) closed by a gap before they filled a window, by the gap: "
+            "missed_detection, frame_gap (a frame dropped or shed), pts_jump, rate_change.",
+            ["detector", "reason"], registry=r)
         self.inference_batch_size = Histogram(p + "inference_batch_size", "Windows (or faces) per inference batch.",
                                               ["detector"], buckets=_BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(p + "inference_seconds", "Wall time of one inference batch.",

@@ -7,7 +7,10 @@ admitted them (the engine skips the rest before face detection), with the set of
 whose stream-level sampler takes the frame. For every tracked face it asks the window bank
 which detectors sample this frame (that set, or the track's own samplers when every frame
 is analysed), cuts each such detector's patch (aligned crop or context region) and pushes it;
-full windows and the final windows of ended tracks come back as clips.
+full windows and the final windows of ended tracks come back as clips. Consecutive-frame
+detectors (StyleFlow) sample by the gate's links (:class:`~stream_monitor.windows.Link`), and
+each frame first closes the runs it cannot continue (:meth:`WindowBank.open_frame`); runs
+discarded for a gap come back in :attr:`FrameAnalysis.discarded`.
 
 Alignment (``faces.align_device``, :func:`resolve_align_device`): with OpenCV on the host
 every (face, detector) crop is one ``cv2.warpAffine`` of the frame. On the device path the
@@ -28,7 +31,7 @@ import torch
 from ..faces.align import to_device
 from ..faces.track import FaceTracker
 from ..types import Clip, FaceObs, Frame, Patch, TrackedFace, WindowItem
-from ..windows import WindowBank
+from ..windows import Link, WindowBank
 from .runners import DetectorRunner
 
 
@@ -47,7 +50,8 @@ def resolve_align_device(setting: Literal["auto", "cpu", "device"], device: torc
 
 @dataclass(frozen=True)
 class FrameAnalysis:
-    """What one frame (or closing a stream) produced."""
+    """What one frame (or closing a stream) produced. ``discarded``: consecutive-frame runs
+    discarded for a gap meanwhile, by ``(detector, reason)`` (:meth:`WindowBank.take_discarded`)."""
 
     stream_id: str
     seq: int
@@ -56,6 +60,7 @@ class FrameAnalysis:
     tracks_active: int = 0
     clips: list[Clip] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
+    discarded: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class StreamAnalysis:
@@ -70,13 +75,15 @@ class StreamAnalysis:
         self.align_device = align_device  # None: OpenCV on the host (resolve_align_device)
         self.frames_uploaded = 0  # frames copied to align_device (at most one per frame), for tests/benchmarks
 
-    def process(self, frame: Frame, faces: list[FaceObs], due: frozenset[str] | None = None) -> FrameAnalysis:
+    def process(self, frame: Frame, faces: list[FaceObs], due: frozenset[str] | None = None,
+                links: Mapping[str, Link] | None = None) -> FrameAnalysis:
         """Track ``faces`` and window them. ``due``: the detectors the stream-level gate chose
-        for this frame (``None``: each track's own samplers decide)."""
+        for this frame (``None``: each track's own samplers decide); ``links``: the gate's
+        for consecutive-frame detectors (``None``: no gate, the bank decides from ``seq``/``pts``)."""
         tracked, ended = self.tracker.update(faces, frame.pts)
+        clips: list[Clip] = self.bank.open_frame(frame.seq, frame.pts, links)
         # Every (face, detector) sample first, so the device path can batch the warps.
         wanted = [(face, detector) for face in tracked for detector in self.bank.sample(face.track_id, frame.pts, due)]
-        clips: list[Clip] = []
         for (face, detector), (patch, origin) in zip(wanted, self._patches(frame, wanted)):
             item = WindowItem(frame.seq, frame.pts, frame.arrival, face.obs.box, face.obs.points, patch, origin)
             clip = self.bank.push(face.track_id, detector, item)
@@ -84,7 +91,8 @@ class StreamAnalysis:
                 clips.append(clip)
         for track_id in ended:
             clips.extend(self.bank.end_track(track_id))
-        return FrameAnalysis(self.stream_id, frame.seq, frame.pts, tracked, self.tracker.active, clips, ended)
+        return FrameAnalysis(self.stream_id, frame.seq, frame.pts, tracked, self.tracker.active, clips, ended,
+                             self.bank.take_discarded())
 
     def _patches(self, frame: Frame, wanted: list[tuple[TrackedFace, str]]) -> list[tuple[Patch, tuple[int, int]]]:
         """Each sample's ``(patch, origin)``: OpenCV per crop, or on the device one upload of
@@ -112,4 +120,4 @@ class StreamAnalysis:
         """End every track (stream stopped or reconnected): final windows and ended ids."""
         ended = self.tracker.close()
         clips = [clip for track_id in ended for clip in self.bank.end_track(track_id)]
-        return FrameAnalysis(self.stream_id, -1, -1.0, [], 0, clips, ended)
+        return FrameAnalysis(self.stream_id, -1, -1.0, [], 0, clips, ended, self.bank.take_discarded())

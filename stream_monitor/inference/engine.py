@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -56,7 +56,7 @@ from ..faces.roi import RegionDetector
 from ..metrics import Metrics
 from ..types import BBox, Clip, Frame
 from ..weights import model_name, resolve_all
-from ..windows import DetectionGate, WindowSpec
+from ..windows import DetectionGate, Link, WindowSpec
 from .analysis import FrameAnalysis, StreamAnalysis, resolve_align_device
 from .batcher import Batcher
 from .runners import DetectorRunner, model_fingerprint, runner_class
@@ -82,7 +82,7 @@ def window_spec(detector: str, card: models.ModelCard, sample_fps: float | str |
                       sample_fps=card.sample_fps if sample_fps is None else
                       None if sample_fps == "all" else float(sample_fps),
                       min_final=1 if per_frame else max(1, int(length * _MIN_FINAL_FRACTION)),
-                      pad_final=not per_frame)
+                      pad_final=not per_frame, consecutive=card.consecutive)
 
 
 def model_ids_for(dcfg: DetectorsConfig) -> dict[str, str]:
@@ -97,10 +97,12 @@ def model_ids_for(dcfg: DetectorsConfig) -> dict[str, str]:
 @dataclass(frozen=True)
 class DetectRequest:
     """A face-detection request: the frame and the detectors its stream's gate chose
-    (``None``: each track's own samplers decide)."""
+    (``None``: each track's own samplers decide), and the gate's links for the
+    consecutive-frame detectors that sample it (``None``: no gate)."""
 
     frame: Frame
     due: frozenset[str] | None
+    links: Mapping[str, Link] | None = None
 
     @property
     def stream_id(self) -> str:  # the batcher's fairness key and the shed counter's label
@@ -271,7 +273,7 @@ class Engine:
             if mode == "fallback":
                 self._last_full[frame.stream_id] = frame.pts
             state = self._streams.get(frame.stream_id)
-            out.append(state.process(frame, faces, request.due) if state is not None
+            out.append(state.process(frame, faces, request.due, request.links) if state is not None
                        else FrameAnalysis(frame.stream_id, frame.seq, frame.pts))
         return out
 
@@ -314,10 +316,12 @@ class Engine:
         skips it (no detector samples it). Call for every decoded frame, in order (the
         gate counts them), then :meth:`detect` the requests it returns."""
         gate = self._gates.get(frame.stream_id)
-        due = gate.admit(frame.pts) if gate is not None else None
-        if gate is not None and due is None:
+        if gate is None:
+            return DetectRequest(frame, None)
+        admission = gate.admit_frame(frame.seq, frame.pts)
+        if admission is None:
             return None
-        return DetectRequest(frame, None if gate is None or gate.every_frame else due)
+        return DetectRequest(frame, None if gate.every_frame else admission.due, admission.links)
 
     def detect(self, request: DetectRequest, sheddable: bool = True) -> "asyncio.Future[FrameAnalysis]":
         """Face detection and tracking/windowing of an admitted frame (batched); ``sheddable``
