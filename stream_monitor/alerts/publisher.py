@@ -136,7 +136,7 @@ class RedisPublisher:
                                                retry_on_timeout=False, health_check_interval=0)
         await self._ping()
         if not self._connected:
-            log.warning("redis %s unreachable at start; alerts will wait in the outbox", self._safe_url())
+            log.warning("redis %r unreachable at start; alerts will wait in the outbox", self._safe_url())
         self._task = asyncio.create_task(self._run(), name="redis-publisher")
 
     def publish(self, event: AlertEvent) -> None:
@@ -221,7 +221,7 @@ class RedisPublisher:
                 await asyncio.sleep(delay)
                 continue
             if not self._connected:
-                log.info("redis %s reachable; delivering %d waiting alerts", self._safe_url(), len(self._outbox))
+                log.info("redis %r reachable; delivering %d waiting alerts", self._safe_url(), len(self._outbox))
             self._connected, attempt = True, 0
             for ev in events:
                 # publish() may have dropped the oldest while we were sending: pop by identity.
