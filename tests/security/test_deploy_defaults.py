@@ -20,6 +20,8 @@ import random
 import re
 import secrets
 import shutil
+import socket
+import ssl
 import stat
 import string
 import subprocess
@@ -38,8 +40,9 @@ from stream_monitor.alerts.publisher import RedisPublisher
 from stream_monitor.alerts.tail import tail
 from stream_monitor.app import Monitor
 from stream_monitor.config import ConfigError, load_config
+from stream_monitor.ingest.urls import redact
 from stream_monitor.listen_policy import is_loopback, token_weakness
-from tests.support.servers import RedisServer, free_port
+from tests.support.servers import RedisServer, free_port, wait_until
 from tests.support.small import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,3 +390,112 @@ def test_health_commands_of_compose_and_kubernetes(acl_redis: AclRedis, tmp_path
         assert run(command, acl_redis.password) == 0, command
         assert run(command, "wrong-" + acl_redis.password) != 0, command
         assert run(command, None) != 0, command
+
+
+def _tls_files(tmp: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    files = {name: tmp / name for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "san.ext")}
+    files["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for argv in ([openssl, "req", "-x509", *ec, "-keyout", files["ca.key"], "-out", files["ca.pem"], "-days", "1",
+                  "-subj", "/CN=stream-monitor test CA"],
+                 [openssl, "req", *ec, "-keyout", files["server.key"], "-out", files["server.csr"], "-subj", "/CN=redis"],
+                 [openssl, "x509", "-req", "-in", files["server.csr"], "-CA", files["ca.pem"], "-CAkey", files["ca.key"],
+                  "-CAcreateserial", "-out", files["server.pem"], "-days", "1", "-extfile", files["san.ext"]]):
+        subprocess.run([str(a) for a in argv], check=True, capture_output=True, timeout=60)
+    return files
+
+
+def test_rediss_with_the_acl(tmp_path: Path) -> None:
+    """rediss:// works end to end: Redis serving TLS only (started by start.sh with the deploy
+    ACL), the monitor's fleet and publisher and `alerts tail` connecting with
+    ``?ssl_ca_certs=``; the URL is shown without its password; plaintext gets nowhere."""
+    files = _tls_files(tmp_path)
+    password = secrets.token_urlsafe(32)
+    launcher, env = start_sh(tmp_path, password, acl_rules(None))
+    port = free_port()
+    proc = subprocess.Popen([*launcher, "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port),
+                             "--tls-cert-file", str(files["server.pem"]), "--tls-key-file", str(files["server.key"]),
+                             "--tls-ca-cert-file", str(files["ca.pem"]), "--tls-auth-clients", "no",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = ssl.create_default_context(cafile=str(files["ca.pem"]))
+
+    def tls_ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(f"AUTH stream-monitor {password}\r\nPING\r\n".encode())
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply == b"+OK\r\n+PONG\r\n"
+
+    url = f"rediss://stream-monitor:{password}@127.0.0.1:{port}/0?ssl_ca_certs={files['ca.pem']}"
+    try:
+        wait_until(tls_ping, 10, "redis-server (TLS)")
+
+        async def main() -> None:
+            overrides = small_config(
+                worker_name="tls-worker",
+                detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 2, "window_stride": 2}},
+                api={"port": 0}, alerts={"stdout": False}, redis={"url": url},
+                fleet={"enabled": True, "capacity": 1, "lease_ttl_s": 1.5, "tick_s": 0.25},
+                streams=[{"id": "cam", "url": "synthetic:?fps=5"}])
+            monitor = Monitor(load_config(overrides=overrides, environ={}))
+            await monitor.start()
+            publisher = RedisPublisher(url)
+            try:
+                assert monitor.fleet is not None
+                for _ in range(200):
+                    view = await monitor.fleet.view()
+                    if view["streams"] and view["streams"][0].get("owner") == "tls-worker":
+                        break
+                    await asyncio.sleep(0.05)
+                assert view["streams"][0]["owner"] == "tls-worker", view
+                await publisher.start()
+                assert publisher.problems() == []
+                publisher.publish(_event(0))
+                entries: list[str] = []
+                for _ in range(100):
+                    entries = await _history(url)
+                    if entries:
+                        break
+                    await asyncio.sleep(0.05)
+                assert entries and json.loads(entries[0])["alert_id"] == "acl-test"
+            finally:
+                await publisher.close()
+                await monitor.stop(grace=5.0)
+
+        asyncio.run(main())
+        # Shown without the password; the CA path is not a secret and stays.
+        assert redact(url) == f"rediss://stream-monitor:***@127.0.0.1:{port}/0?ssl_ca_certs={files['ca.pem']}"
+        # Plaintext on the TLS port gets no answer a client could use.
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(f"AUTH stream-monitor {password}\r\nPING\r\n".encode())
+            try:
+                reply = s.recv(64)
+            except (ConnectionResetError, socket.timeout):
+                reply = b""
+            assert b"PONG" not in reply and b"+OK" not in reply
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _history(url: str) -> list[str]:
+    """The last alert in the durable log, through `alerts tail`'s own code (history only)."""
+    lines: list[str] = []
+    task = asyncio.create_task(tail(url, "deepfake", None, 1, None, lines.append))
+    for _ in range(50):
+        if lines:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return lines
