@@ -3,8 +3,9 @@
 ``build_api(monitor)`` is the full API; ``build_metrics_app(monitor)`` serves only
 ``/metrics`` and ``/healthcheck`` (the ``--metrics-port`` listener). With ``api.token``
 set, every route except ``/healthcheck``, ``/metrics`` and the operator page's own files
-(``/``, ``/static/``) needs ``Authorization: Bearer <token>`` (GETs may instead pass
-``?access_token=``, for the page's ``<img>`` and ``EventSource``: see :mod:`.auth`).
+(``/``, ``/static/``) needs ``Authorization: Bearer <token>`` (the page's two live feeds,
+``/events`` and ``live.mjpeg``, may instead pass ``?access_token=`` for its ``EventSource``
+and ``<img>``: see :mod:`.auth`).
 Both answer only the ``Host`` names of ``api.allowed_hosts`` (421 otherwise: see
 :mod:`.hosts`). Errors are JSON ``{"error": "..."}``.
 """
@@ -46,7 +47,8 @@ def build_api(monitor: "Monitor") -> web.Application:
 
 def build_metrics_app(monitor: "Monitor") -> web.Application:
     hosts = HostAllowList.for_listener(monitor.cfg.api.allowed_hosts, monitor.cfg.metrics.host)
-    app = web.Application(middlewares=[json_errors, host_middleware(hosts)])
+    middlewares: list[Any] = [json_errors, host_middleware(hosts)]
+    app = web.Application(middlewares=middlewares)
     app[MONITOR] = monitor
     add_health_routes(app, metrics_only=True)
     return app

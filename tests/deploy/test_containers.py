@@ -524,7 +524,8 @@ def test_k8s_worker_semantics(k8s: dict[tuple[str, str], dict[str, Any]], docker
     for token in ({}, {"STREAM_MONITOR_API_TOKEN": "change-me"}):
         with pytest.raises(ConfigError, match="not a loopback address"):
             load_config(cfg_file, environ={**redis_only, **token})
-    plain = load_config(cfg_file, environ={**redis_only, "STREAM_MONITOR_API_TOKEN": SECRETS["STREAM_MONITOR_API_TOKEN"]})
+    token = {"STREAM_MONITOR_API_TOKEN": SECRETS["STREAM_MONITOR_API_TOKEN"]}
+    plain = load_config(cfg_file, environ={**redis_only, **token})
     assert str(plain.detectors.weights_dir) == weights_dir
     assert cfg.fleet.enabled and cfg.fleet.capacity >= 1
     assert cfg.api.token == secret_values["STREAM_MONITOR_API_TOKEN"]
@@ -547,7 +548,8 @@ def test_k8s_worker_semantics(k8s: dict[tuple[str, str], dict[str, Any]], docker
     for name in ("stream-monitor", "stream-monitor.default.svc", "stream-monitor.default.svc.cluster.local"):
         assert answers(cfg, "api", f"{name}:{ports['http']}") and answers(cfg, "metrics", f"{name}:{ports['metrics']}")
     for pod_ip in ("10.244.1.7", "172.17.0.5", "192.168.3.4", "[fd00:10:244::7]"):
-        assert answers(cfg, "api", f"{pod_ip}:{cfg.api.port}") and answers(cfg, "metrics", f"{pod_ip}:{cfg.metrics.port}")
+        assert answers(cfg, "api", f"{pod_ip}:{cfg.api.port}")
+        assert answers(cfg, "metrics", f"{pod_ip}:{cfg.metrics.port}")
     for host in (EVIL_HOST, "stream-monitor.evil.example", "8.8.8.8", "redis:6379"):
         assert not answers(cfg, "api", host) and not answers(cfg, "metrics", host), host
 

@@ -27,7 +27,7 @@ import string
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import aiohttp
 import pytest
@@ -304,7 +304,7 @@ def test_the_monitor_works_as_the_acl_user(acl_redis: AclRedis, tmp_path: Path) 
         try:
             denied = await admin.execute_command("ACL", "LOG")
             assert denied == [], denied
-            keys = sorted(k.decode() for k in await admin.keys("*"))
+            keys = sorted(k.decode() for k in cast(list[bytes], await admin.keys("*")))
             assert keys and all(k.startswith("deepfake:") for k in keys), keys
             assert await admin.xlen("deepfake:alerts") >= 2
         finally:
@@ -402,9 +402,10 @@ def _tls_files(tmp: Path) -> dict[str, Path]:
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for argv in ([openssl, "req", "-x509", *ec, "-keyout", files["ca.key"], "-out", files["ca.pem"], "-days", "1",
                   "-subj", "/CN=stream-monitor test CA"],
-                 [openssl, "req", *ec, "-keyout", files["server.key"], "-out", files["server.csr"], "-subj", "/CN=redis"],
-                 [openssl, "x509", "-req", "-in", files["server.csr"], "-CA", files["ca.pem"], "-CAkey", files["ca.key"],
-                  "-CAcreateserial", "-out", files["server.pem"], "-days", "1", "-extfile", files["san.ext"]]):
+                 [openssl, "req", *ec, "-keyout", files["server.key"], "-out", files["server.csr"],
+                  "-subj", "/CN=redis"],
+                 [openssl, "x509", "-req", "-in", files["server.csr"], "-CA", files["ca.pem"],
+                  "-CAkey", files["ca.key"], "-CAcreateserial", "-out", files["server.pem"], "-days", "1", "-extfile", files["san.ext"]]):
         subprocess.run([str(a) for a in argv], check=True, capture_output=True, timeout=60)
     return files
 

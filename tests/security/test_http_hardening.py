@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -91,15 +91,15 @@ def test_dns_rebinding_host_is_refused_everywhere(run: Any) -> None:
 
     async def test(c: Client) -> None:
         evil = {"Host": EVIL}
-        for method, path, base, kw in [("GET", "/streams", None, {}), ("GET", "/events", None, {}),
-                                       ("GET", "/metrics", None, {}), ("GET", "/healthcheck", None, {}),
-                                       ("GET", "/readyz", None, {}), ("GET", "/", None, {}),
-                                       ("GET", "/static/app.js", None, {}), ("GET", "/no/such/route", None, {}),
-                                       ("POST", "/predict", None, {"json": {"file_path": "x.mp4"}}),
-                                       ("POST", "/streams", None, {"json": {"id": "a", "url": "synthetic:"}}),
-                                       ("POST", "/whip/cam", None, {"data": "v=0", "headers": {
-                                           "Content-Type": "application/sdp"}}),
-                                       ("GET", "/metrics", c.metrics, {}), ("GET", "/healthcheck", c.metrics, {})]:
+        requests: list[tuple[str, str, str | None, dict[str, Any]]] = [
+            ("GET", "/streams", None, {}), ("GET", "/events", None, {}), ("GET", "/metrics", None, {}),
+            ("GET", "/healthcheck", None, {}), ("GET", "/readyz", None, {}), ("GET", "/", None, {}),
+            ("GET", "/static/app.js", None, {}), ("GET", "/no/such/route", None, {}),
+            ("POST", "/predict", None, {"json": {"file_path": "x.mp4"}}),
+            ("POST", "/streams", None, {"json": {"id": "a", "url": "synthetic:"}}),
+            ("POST", "/whip/cam", None, {"data": "v=0", "headers": {"Content-Type": "application/sdp"}}),
+            ("GET", "/metrics", c.metrics, {}), ("GET", "/healthcheck", c.metrics, {})]
+        for method, path, base, kw in requests:
             headers = {**evil, **kw.pop("headers", {})}
             for token in (TOKEN, None):  # the right token does not help, and no 401 leaks either
                 status, body = await c.call(method, path, token=token, base=base, headers=headers, **kw)
