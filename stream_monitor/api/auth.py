@@ -101,5 +101,5 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except json.JSONDecodeError as exc:
         return error(400, f"body is not valid JSON: {exc}")
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %r", request.method, request.path)  # %r: no forged lines
         return error(500, "internal error (see the server log)")
