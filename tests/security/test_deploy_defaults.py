@@ -255,38 +255,49 @@ def test_the_monitor_works_as_the_acl_user(acl_redis: AclRedis, tmp_path: Path) 
                 await publisher.start()
                 assert publisher.problems() == []
                 got: list[dict[str, Any]] = []
-                async with s.get(base + "/events") as feed:
-                    subscribed = False
+
+                async def first_alert(feed: aiohttp.ClientResponse) -> None:
+                    # Publish once the feed says it is subscribed, and again on each later event
+                    # (a "streams" event comes every second) until the alert arrives.
+                    subscribed, seq = False, 0
                     async for raw in feed.content:
                         line = raw.decode().strip()
+                        if line.startswith("data:") and '"alert_id":"acl-test"' in line:
+                            got.append(json.loads(line[5:]))
+                            return
                         if line.startswith("data:") and '"source":"redis"' in line:
                             assert json.loads(line[5:])["ok"] is True, line
                             subscribed = True
-                            publisher.publish(_event(0))
-                        elif line.startswith("data:") and '"alert_id":"acl-test"' in line:
-                            got.append(json.loads(line[5:]))
-                            break
-                    assert subscribed and got and got[0]["seq"] == 0
+                        if subscribed and line.startswith("data:"):
+                            publisher.publish(_event(seq))
+                            seq += 1
+
+                async with s.get(base + "/events") as feed:
+                    await asyncio.wait_for(first_alert(feed), 30)
+                assert got and got[0]["stream_id"] == "cam"
                 lines: list[str] = []
                 tailing = asyncio.create_task(tail(acl_redis.url, "deepfake", None, 1, 1, lines.append))
-                while len(lines) < 1:  # the history line first, then subscribe and wait for a live one
+                for _ in range(250):  # the history line first, then subscribe and wait for a live one
+                    if lines:
+                        break
                     await asyncio.sleep(0.02)
-                for seq in range(1, 100):
+                assert lines, "no history line from XREVRANGE"
+                for seq in range(100, 300):
                     publisher.publish(_event(seq))
                     done, _ = await asyncio.wait({tailing}, timeout=0.1)
                     if done:
                         break
-                await tailing
-                assert json.loads(lines[0])["seq"] == 0 and json.loads(lines[1])["seq"] >= 1
+                await asyncio.wait_for(tailing, 5)
+                assert len(lines) == 2 and json.loads(lines[1])["seq"] >= 100, lines
                 # One stream's channel (SUBSCRIBE instead of PSUBSCRIBE).
                 one: list[str] = []
                 tailing = asyncio.create_task(tail(acl_redis.url, "deepfake", "cam", 0, 1, one.append))
-                for seq in range(100, 200):
+                for seq in range(300, 500):
                     publisher.publish(_event(seq))
                     done, _ = await asyncio.wait({tailing}, timeout=0.1)
                     if done:
                         break
-                await tailing
+                await asyncio.wait_for(tailing, 5)
                 assert json.loads(one[0])["stream_id"] == "cam"
 
                 async with s.delete(base + "/streams/cam") as r:
@@ -310,7 +321,7 @@ def test_the_monitor_works_as_the_acl_user(acl_redis: AclRedis, tmp_path: Path) 
         finally:
             await admin.aclose()
 
-    asyncio.run(main())
+    asyncio.run(asyncio.wait_for(main(), 120))
 
 
 def test_everything_else_is_refused(acl_redis: AclRedis) -> None:
@@ -357,7 +368,7 @@ def test_everything_else_is_refused(acl_redis: AclRedis) -> None:
             await user.aclose()
             await admin.aclose()
 
-    asyncio.run(main())
+    asyncio.run(asyncio.wait_for(main(), 120))
 
 
 def test_health_commands_of_compose_and_kubernetes(acl_redis: AclRedis, tmp_path: Path) -> None:
@@ -462,18 +473,33 @@ def test_rediss_with_the_acl(tmp_path: Path) -> None:
                 await publisher.start()
                 assert publisher.problems() == []
                 publisher.publish(_event(0))
-                entries: list[str] = []
-                for _ in range(100):
-                    entries = await _history(url)
-                    if entries:
+                check = aioredis.Redis.from_url(url, socket_timeout=5)
+                try:
+                    for _ in range(200):
+                        if await check.xrevrange("deepfake:alerts", count=1):  # (XLEN is not granted)
+                            break
+                        await asyncio.sleep(0.05)
+                finally:
+                    await check.aclose()
+                # `alerts tail`: the durable log's last alert (XREVRANGE), then a live one (PSUBSCRIBE).
+                lines: list[str] = []
+                tailing = asyncio.create_task(tail(url, "deepfake", None, 1, 1, lines.append))
+                for _ in range(250):
+                    if lines:
                         break
-                    await asyncio.sleep(0.05)
-                assert entries and json.loads(entries[0])["alert_id"] == "acl-test"
+                    await asyncio.sleep(0.02)
+                for seq in range(1, 300):
+                    publisher.publish(_event(seq))
+                    done, _ = await asyncio.wait({tailing}, timeout=0.1)
+                    if done:
+                        break
+                await asyncio.wait_for(tailing, 5)
+                assert [json.loads(line)["seq"] for line in lines][0] == 0 and len(lines) == 2, lines
             finally:
                 await publisher.close()
                 await monitor.stop(grace=5.0)
 
-        asyncio.run(main())
+        asyncio.run(asyncio.wait_for(main(), 120))
         # Shown without the password; the CA path is not a secret and stays.
         assert redact(url) == f"rediss://stream-monitor:***@127.0.0.1:{port}/0?ssl_ca_certs={files['ca.pem']}"
         # Plaintext on the TLS port gets no answer a client could use.
@@ -488,15 +514,3 @@ def test_rediss_with_the_acl(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(10)
 
-
-async def _history(url: str) -> list[str]:
-    """The last alert in the durable log, through `alerts tail`'s own code (history only)."""
-    lines: list[str] = []
-    task = asyncio.create_task(tail(url, "deepfake", None, 1, None, lines.append))
-    for _ in range(50):
-        if lines:
-            break
-        await asyncio.sleep(0.02)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return lines
