@@ -12,10 +12,13 @@ import ipaddress
 import os
 import unicodedata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .host_allowlist import LOOPBACK_NAMES, check_entry
+from .listen_policy import GENERATE_HINT, is_loopback, token_weakness
 
 DetectorName = Literal["caddm", "sta", "styleflow"]
 DETECTOR_NAMES: tuple[DetectorName, ...] = ("caddm", "sta", "styleflow")
@@ -90,6 +93,8 @@ def url_text_problem(url: str) -> str | None:
 
 
 class StreamConfig(_Section):
+    # pydantic-core's (Rust) regex: "$" is the end of the text, so "nl\n" is refused here
+    # (unlike Python's re.match; the API uses fullmatch for the same rule).
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     url: str = Field(min_length=1)
 
@@ -235,6 +240,10 @@ class AlertsConfig(_Section):
     spool_dir: Path | None = None
 
 
+# One api.allowed_hosts entry, checked when the configuration loads (ValueError names it).
+HostEntry = Annotated[str, AfterValidator(check_entry)]
+
+
 class RedisConfig(_Section):
     url: str | None = None
     prefix: str = Field("deepfake", pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -260,7 +269,11 @@ class ApiConfig(_Section):
     as soon as they are accepted.
     """
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # anything but loopback needs a strong token (Config's check)
+    # The Host header values the API and the metrics listener answer (else 421: the DNS
+    # rebinding defence); each listener also answers its own bind address when that names one
+    # (not 0.0.0.0). Entry syntax: stream_monitor.host_allowlist.
+    allowed_hosts: list[HostEntry] = Field(default_factory=lambda: list(LOOPBACK_NAMES))
     port: int | None = Field(None, ge=0, le=65535)
     token: str | None = None
     predict_roots: list[Path] = Field(default_factory=list)
@@ -389,6 +402,18 @@ class Config(_Section):
         if self.fleet.enabled and not self.redis.url:
             raise ValueError("fleet.enabled needs redis.url (or STREAM_MONITOR_REDIS_URL): the fleet coordinates "
                              "through Redis")
+        return self
+
+    @model_validator(mode="after")
+    def _exposed_api_needs_a_token(self) -> "Config":
+        # Checked whenever api.host is not loopback, even with api.port unset: `serve` fills in
+        # the port after loading, and an operator who names a public address means to serve it.
+        if not is_loopback(self.api.host):
+            weakness = token_weakness(self.api.token)
+            if weakness is not None:
+                raise ValueError(f"api.host {self.api.host!r} is not a loopback address, so api.token (or "
+                                 f"STREAM_MONITOR_API_TOKEN) must be a strong secret, but {weakness}; "
+                                 f"{GENERATE_HINT}")
         return self
 
 

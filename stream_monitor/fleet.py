@@ -252,7 +252,7 @@ class Fleet:
             try:
                 await self._tick()
                 if not self._reachable:
-                    log.info("fleet: redis %s reachable", redact(self.url))
+                    log.info("fleet: redis %r reachable", redact(self.url))
                 self._reachable, self.last_error = True, None
             except RedisError as exc:
                 if self._reachable or self.last_error is None:

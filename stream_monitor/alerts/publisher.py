@@ -183,7 +183,7 @@ class RedisPublisher:
                                     socket_connect_timeout=self._socket_timeout, health_check_interval=0)
         await self._ping()
         if not self._connected:
-            log.warning("redis %s unreachable at start; alerts will wait in the outbox", self._safe_url())
+            log.warning("redis %r unreachable at start; alerts will wait in the outbox", self._safe_url())
         self._task = asyncio.create_task(self._run(), name="redis-publisher")
 
     def publish(self, event: AlertEvent) -> None:
@@ -312,7 +312,7 @@ class RedisPublisher:
                 attempt += 1
                 continue
             if not self._connected or self._refusal is not None:
-                log.info("redis %s accepts alerts again; delivering %d waiting", self._safe_url(), len(self._outbox))
+                log.info("redis %r accepts alerts again; delivering %d waiting", self._safe_url(), len(self._outbox))
             self._connected, self._refusal, attempt = True, None, 0
             self._outbox.pop(events)
             for ev in events:

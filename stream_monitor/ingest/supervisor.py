@@ -347,7 +347,7 @@ class StreamSupervisor:
 
     def _fail(self, reason: str) -> None:
         self._last_error = reason
-        log.warning("stream %s (%s): %s", self.stream_id, self.url, reason)
+        log.warning("stream %s (%r): %s", self.stream_id, self.url, reason)
 
     def _set_state(self, state: State) -> None:
         if state != self._state:
