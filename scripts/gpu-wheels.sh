@@ -23,6 +23,7 @@ for pin in $(sed -e 's/#.*//' "$lock"); do
   "$py" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+    --platform manylinux_2_26_x86_64 \
     -d "$dest" "$pin" 2> >(grep -v "^WARNING: Location" >&2)
 done
 
