@@ -23,7 +23,7 @@ from models.card import normalize_crops
 from models.sta import CLIP_MEAN, CLIP_STD
 from stream_monitor.bench.presets import PRESETS
 from stream_monitor.faces.align import Aligner, stack_on_device, to_device
-from stream_monitor.inference.runners import AUTOCAST_TOLERANCE, autocast, compiled
+from stream_monitor.inference.runners import AUTOCAST_TOLERANCE, StyleFlowRunner, autocast, compiled
 from tests.models import test_caddm, test_sta
 from tests.stream_monitor import test_device_align as align
 from tests.stream_monitor.test_engine import _engine, _frames
@@ -120,3 +120,25 @@ def test_cuda_graphs_of_the_compiled_forward_match_eager() -> None:
             out = forward(x).float().clone()  # a CUDA graph's output is overwritten by its next replay
             assert out.shape == (batch,)
             assert torch.allclose(out, eager, atol=COMPILE_TOLERANCE, rtol=0), (out - eager).abs().max().item()
+
+
+def test_cuda_styleflow_runner_with_cuda_graphs_keeps_its_cached_latents() -> None:
+    # The runner caches each frame's pSp latents on the window items and reuses them in later
+    # batches; with reduce-overhead those latents come out of a CUDA graph, whose output memory
+    # the next replay overwrites unless the runner copies it.
+    engine = _engine(detectors={"device": "cuda", "enabled": ["styleflow"], "styleflow": {"sample_fps": "all"}})
+    eager = engine.runners["styleflow"]
+    assert isinstance(eager, StyleFlowRunner)
+    graphs = StyleFlowRunner(eager.name, eager.model, eager.card, eager.model_id, eager.spec, eager.device,
+                         align_on_device=engine.align_device is not None, compile="reduce-overhead")
+    first = [c for c in align._windows(engine)[1] if c.detector == "styleflow"]
+    second = [c for c in align._windows(engine)[1] if c.detector == "styleflow"]  # fresh items: an empty cache
+    assert len(first) == len(second) == 2, "one window per face"
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        expected = [eager.run([c])[0] for c in first]
+        one_by_one = [graphs.run([c])[0] for c in second]  # the second replay follows the first's caching
+        together = graphs.run(second)  # every latent from the cache now
+    assert graphs.frames_computed == 2 * 16, "16 real frames per window, each encoded once"
+    np.testing.assert_allclose(one_by_one, expected, rtol=0, atol=COMPILE_TOLERANCE)
+    np.testing.assert_allclose(together, expected, rtol=0, atol=COMPILE_TOLERANCE)
