@@ -57,10 +57,11 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def allowed_seconds(name: str, remaining: float, later: list[str]) -> float:
-    """The most ``name`` may run: its cap, less what the later steps' floors need."""
-    floor, cap = STEPS[name]
-    return min(cap, remaining - sum(STEPS[n][0] for n in later))
+def allowed_seconds(name: str, remaining: float, later: list[str], scale: float = 1.0) -> float:
+    """The most ``name`` may run: its cap, less what the later steps' floors need (floors and
+    caps times ``scale``)."""
+    cap = STEPS[name][1] * scale
+    return min(cap, remaining - scale * sum(STEPS[n][0] for n in later))
 
 
 def _append_log(log_path: Path, name: str, child_log: Path) -> None:
@@ -126,8 +127,8 @@ def run_check(settings: CheckSettings, out: Path, only: list[str] | None = None)
     names = [n for n in STEPS if not only or n in only]
     for i, name in enumerate(names):
         remaining = settings.budget_s - (time.monotonic() - t0)
-        allowed = allowed_seconds(name, remaining, names[i + 1:])
-        floor = STEPS[name][0]
+        allowed = allowed_seconds(name, remaining, names[i + 1:], settings.time_scale)
+        floor = STEPS[name][0] * settings.time_scale
         if allowed < floor:
             entry: dict[str, Any] = {"status": "skipped", "seconds": 0.0, "allowed_s": max(0.0, allowed),
                                      "error": f"not enough time: {max(0.0, allowed):.0f} s left for it, "
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", help="every step small, on the CPU (the suite's run)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu-check-out"),
                         help="where the JSON, logs and summary go (default: $OUT, else ./gpu-check-out)")
-    parser.add_argument("--budget", type=float, help="seconds for all steps (default: 480; dry: 600)")
+    parser.add_argument("--budget", type=float, help="seconds for all steps (default: 480; dry: 900)")
     parser.add_argument("--only", nargs="+", choices=list(STEPS), metavar="STEP",
                         help=f"run only these steps ({', '.join(STEPS)})")
     parser.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)  # child mode

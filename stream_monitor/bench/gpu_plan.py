@@ -6,8 +6,8 @@ durations, so the suite can keep the check from rotting (``scripts/gpu-check.sh 
 Times are seconds of wall time; sizes are frames, clips or pixels as named.
 
 Budget: steps run in :data:`STEPS` order, each in its own process. A step may run for at most
-``min(cap, remaining - sum of the floors of the steps after it)``; one that would get less
-than its own floor is skipped, and says so.
+``min(cap, remaining - sum of the floors of the steps after it)`` (floors and caps times
+``time_scale``); one that would get less than its own floor is skipped, and says so.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class CheckSettings:
     resolution: str  # the streams' (bench.scenario.parse_resolution)
     precision: str  # the monitor's detectors.precision in the capacity and ladder steps
     budget_s: float
+    # Floors and caps of STEPS times this: the dry run's small steps on a shared 2-core machine
+    # can take longer than the GPU's full ones, and it has time to spare.
+    time_scale: float = 1.0
     fps: float = 30.0
     faces: int = 1
     # peak: square matmuls of these dtypes, n x n, about peak_seconds each
@@ -99,12 +102,12 @@ class CheckSettings:
 GPU = CheckSettings(mode="gpu", device="cuda", preset="full", resolution="1080p", precision="bf16", budget_s=480.0)
 
 DRY = CheckSettings(
-    mode="dry", device="cpu", preset="small", resolution="320x240", precision="bf16", budget_s=600.0,
+    mode="dry", device="cpu", preset="small", resolution="320x240", precision="bf16", budget_s=900.0, time_scale=4.0,
     peak_dtypes=("fp32", "bf16"), peak_n=256, peak_seconds=0.05,
     forward_precisions=("fp32", "bf16", "fp16"), forward_batch={"caddm": 2, "sta": 1, "styleflow": 1},
     forward_repeats=1, forward_warmup=0, bench_detectors=("caddm",),
-    capacity_streams=1, capacity_warmup_s=1.5, capacity_duration_s=2.0, capacity_baseline_s=2.5,
-    ladder_start=1, ladder_max=2, ladder_settle_s=1.0, ladder_measure_s=2.0, ladder_latency_s=2.0,
+    capacity_streams=1, capacity_warmup_s=1.5, capacity_duration_s=3.0, capacity_baseline_s=2.5,
+    ladder_start=1, ladder_max=2, ladder_settle_s=1.0, ladder_measure_s=2.0, ladder_latency_s=3.0,
     ladder_drain_max_s=1.0,
     decode_seconds=1.0, decode_parallel=2,
     compile_modes=("off", "aot_eager"), compile_detectors=("caddm",), compile_repeats=2,

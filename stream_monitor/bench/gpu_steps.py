@@ -83,10 +83,6 @@ PACKAGES = ("torch", "torchvision", "numpy", "av", "pydantic", "pydantic-core", 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "tf32": "float32"}
 
 
-class StepSkipped(Exception):
-    """A step (or part) that cannot run here; the message says why."""
-
-
 @dataclass
 class StepContext:
     """What a step gets: the settings, a scratch folder, the output folder (files there come
@@ -204,7 +200,6 @@ def _reference_peak(ctx: StepContext) -> float:
     result = ctx.earlier_result("peak")
     if result and result.get("mfu_reference", {}).get("flops_per_s"):
         return float(result["mfu_reference"]["flops_per_s"])
-
     return matmul_peak(_device(ctx), min_seconds=ctx.settings.peak_seconds).flops_per_s
 
 

@@ -116,7 +116,8 @@ def _ladder(r: dict[str, Any]) -> list[str]:
         else:
             rows.append([label, "–", "–", "–", "–", "–", "–", "–", str(p)])
     if rows:
-        lines += ["Alert latency at 80 % of that and at 2x:", ""] + _table(header, rows)
+        lines += [f"Alert latency at 80 % and at 2x of {r.get('latency_base_streams')} stream(s):", ""] + _table(
+            header, rows)
     return lines
 
 

@@ -22,7 +22,8 @@ bisection between the largest probe that kept up and the smallest that did not, 
 two are within 1/16 of the smaller (or 1 stream), or the time is out; the capacity is the
 largest ``n`` that kept up. Then two longer probes measure alert latency (p50/p99 of every
 event in the interval, last frame of the window received → alert published): at 80 % of
-the capacity and at twice it (overload: latency is bounded by the lanes' age limit).
+the capacity and at twice it (overload: latency is bounded by the lanes' age limit); when no
+count kept up, at one stream and at two (``latency_base_streams`` says which).
 ``cpu_util`` per probe is this process's CPU time / wall / cores: near 1 means the host, not
 the GPU, was the limit (rendering and converting frames happens here too).
 """
@@ -233,12 +234,10 @@ async def run_ladder(s: CheckSettings, plan: LadderPlan, workdir: Path, deadline
                 result["stopped"] = "max_streams" if hi is None else "converged"
                 break
             n = nxt
-        if lo == 0:
-            result["latency"] = {"skipped": "no stream count kept up"}
+        base = max(lo, 1)  # no count kept up: latency of one stream and of two, still worth knowing
+        result["latency_base_streams"] = base
         for label, load in (("80%", 0.8), ("200%", 2.0)):
-            if lo == 0:
-                break
-            count = max(1, int(load * lo))  # at most 80 % (rounded down), exactly 2x
+            count = max(1, int(load * base))  # at most 80 % (rounded down), exactly 2x
             if deadline - time.monotonic() < plan.settle_s + plan.latency_s + _STOP_RESERVE_S:
                 result["latency"][label] = {"skipped": "no time left", "streams": count}
                 continue

@@ -29,7 +29,7 @@ MAX_FILES = 8
 FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def _check(*args: str, timeout: float = 420) -> "subprocess.CompletedProcess[str]":
+def _check(*args: str, timeout: float = 900) -> "subprocess.CompletedProcess[str]":
     # This interpreter; and never the wheels of .whl/ (built for the GPU machine's Python 3.12).
     env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_INSTALL": "0"}
     return subprocess.run([str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -54,7 +54,7 @@ def test_dry_run_runs_every_step(dry: tuple["subprocess.CompletedProcess[str]", 
     assert list(report["steps"]) == list(STEPS)
     for name, entry in report["steps"].items():
         assert entry["status"] == "ok" and entry["error"] is None, (name, entry)
-        assert 0 < entry["seconds"] and entry["allowed_s"] >= STEPS[name][0], (name, entry)
+        assert 0 < entry["seconds"] and entry["allowed_s"] >= STEPS[name][0] * DRY.time_scale, (name, entry)
         assert isinstance(entry["result"], dict), name
     assert 0 < report["elapsed_s"] <= report["budget_s"]
     files = sorted(p.name for p in out.iterdir())
@@ -112,13 +112,18 @@ def test_dry_run_results_have_the_fields_the_summary_reads(
                 "alert_latency_s", "dropped"} <= set(p)
         assert p["keeps_up"] == (not p["why"])
     kept = [p["streams"] for p in probes if p["keeps_up"]]
-    assert ladder["capacity_streams"] == max(kept, default=0) >= 1, probes  # one small CADDM stream keeps up
+    # A loaded 2-core machine may not keep even one stream up: then latency is of one stream and two.
+    assert ladder["capacity_streams"] == max(kept, default=0)
+    assert ladder["latency_base_streams"] == max(1, ladder["capacity_streams"])
     assert ladder["stopped"] in ("converged", "max_streams")
     for label, load in (("80%", 0.8), ("200%", 2.0)):
         row = ladder["latency"][label]
-        assert row["load"] == load and row["streams"] == max(1, int(load * ladder["capacity_streams"]))
+        assert row["load"] == load and row["streams"] == max(1, int(load * ladder["latency_base_streams"]))
         latency = row["alert_latency_s"]
-        assert latency["count"] > 0 and 0 <= latency["p50"] <= latency["p99"]
+        if latency["count"]:
+            assert 0 <= latency["p50"] <= latency["p99"], latency
+        else:  # nothing scored in the interval (a very busy machine): no percentiles, not zeros
+            assert latency["p50"] is None and latency["p99"] is None
 
     decode = steps["decode"]
     software = decode["decoders"]["none"]
@@ -178,6 +183,8 @@ def test_the_budget_keeps_the_later_steps_floors() -> None:
     assert allowed_seconds("env", 1000.0, names[1:]) == STEPS["env"][1]  # plenty: the cap
     assert allowed_seconds("env", floors + 3.0, names[1:]) == 3.0
     assert allowed_seconds("compile", 50.0, []) == 50.0  # the last step takes what is left
+    assert allowed_seconds("env", 1000.0, names[1:], scale=2.0) == 2 * STEPS["env"][1]
+    assert allowed_seconds("env", 2 * floors + 3.0, names[1:], scale=2.0) == 3.0
     assert GPU.budget_s <= 480 and sum(f for f, _ in STEPS.values()) < GPU.budget_s
 
 
