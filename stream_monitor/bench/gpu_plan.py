@@ -102,7 +102,7 @@ class CheckSettings:
 GPU = CheckSettings(mode="gpu", device="cuda", preset="full", resolution="1080p", precision="bf16", budget_s=480.0)
 
 DRY = CheckSettings(
-    mode="dry", device="cpu", preset="small", resolution="320x240", precision="bf16", budget_s=900.0, time_scale=4.0,
+    mode="dry", device="cpu", preset="small", resolution="320x240", precision="bf16", budget_s=900.0, time_scale=3.0,
     peak_dtypes=("fp32", "bf16"), peak_n=256, peak_seconds=0.05,
     forward_precisions=("fp32", "bf16", "fp16"), forward_batch={"caddm": 2, "sta": 1, "styleflow": 1},
     forward_repeats=1, forward_warmup=0, bench_detectors=("caddm",),

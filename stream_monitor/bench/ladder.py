@@ -7,7 +7,8 @@ face streams (:mod:`.scenario`), paced in real time (live: under load the oldest
 dropped, and windows older than ``detectors.<d>.max_queue_s`` are shed).
 
 A **probe** at ``n`` streams: add or remove streams to have ``n``, wait ``settle_s`` (new
-tracks fill their first windows: StA's first needs 8 samples at 1.875 fps), then read the
+tracks fill their first windows: StA's first needs 8 samples at 1.875 fps; the first probe
+waits twice that, while the models' first batches run slow), then read the
 service's counters over ``measure_s`` (:func:`~.pipeline_run.read_counters`, summarised by
 :class:`~.pipeline_run.PipelineMeasurement`). The probe **keeps up** when every stream is
 sustained (analysed at ≥ 90 % of the rate its detectors need, nothing dropped at ingest or
@@ -66,9 +67,6 @@ class LadderPlan:
     measure_s: float
     latency_s: float
     drain_max_s: float
-
-    def probe_s(self) -> float:
-        return self.settle_s + self.measure_s
 
     def latency_reserve_s(self) -> float:
         return 2 * (self.settle_s + self.latency_s) + self.drain_max_s + _STOP_RESERVE_S
@@ -213,14 +211,17 @@ async def run_ladder(s: CheckSettings, plan: LadderPlan, workdir: Path, deadline
         lo, hi, n = 0, None, max(1, min(plan.start, plan.max_streams))
         failed_last = False
         while True:
-            cost = plan.probe_s() + (plan.drain_max_s if failed_last else 0.0)
+            # The first probe settles twice as long: the models' first batches of each shape
+            # (cuDNN autotuning, allocator growth) are slower than the steady state.
+            settle = plan.settle_s * (1 if result["probes"] else 2)
+            cost = settle + plan.measure_s + (plan.drain_max_s if failed_last else 0.0)
             if deadline - time.monotonic() < cost + plan.latency_reserve_s():
                 result["stopped"] = "time"
                 break
             if failed_last:
                 await ladder.set_streams(min(n, len(ladder.active)))
                 await ladder.drain(plan.drain_max_s)
-            row = await ladder.probe(n, plan.settle_s, plan.measure_s)
+            row = await ladder.probe(n, settle, plan.measure_s)
             result["probes"].append(row)
             failed_last = not row["keeps_up"]
             if row["keeps_up"]:
