@@ -284,8 +284,10 @@ class StyleFlowRunner(_Base):
                 rows = list(missing.values())
                 with self._autocast():
                     # float32 in the cache: the style flow subtracts neighbouring frames'
-                    # latents, which must not happen in bf16/fp16.
-                    codes = self._encode(self._conv_input(frames[rows])).float()
+                    # latents, which must not happen in bf16/fp16. clone(): in fp32 .float() is
+                    # no copy, and under CUDA graphs (compile: reduce-overhead) the output is the
+                    # graph's own memory, overwritten by the next replay.
+                    codes = self._encode(self._conv_input(frames[rows])).float().clone()
                 for i, code in zip(rows, codes):
                     clip.items[i].cache[key] = code
                 self.frames_computed += len(rows)
