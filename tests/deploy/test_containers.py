@@ -36,6 +36,7 @@ from stream_monitor.app import Monitor
 from stream_monitor.config import Config, ConfigError, load_config
 from stream_monitor.host_allowlist import HostAllowList
 from stream_monitor.metrics import Metrics
+from tests.support.servers import unavailable
 from tests.support.small import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,7 +236,7 @@ def compose_cli() -> list[str]:
     legacy = shutil.which("docker-compose")
     if legacy:
         return [legacy]
-    pytest.skip("no Compose CLI: neither the `docker compose` plugin nor `docker-compose` "
+    unavailable("no Compose CLI: neither the `docker compose` plugin nor `docker-compose` "
                 "(Debian package docker-compose, installed by scripts/bootstrap.sh test)")
 
 
@@ -608,7 +609,7 @@ def test_k8s_monitoring_and_scaling(k8s: dict[tuple[str, str], dict[str, Any]]) 
 def test_keda_query_is_valid_promql(k8s: dict[tuple[str, str], dict[str, Any]], tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus, scripts/bootstrap.sh test)")
+        unavailable("promtool is not installed (Debian package prometheus, scripts/bootstrap.sh test)")
     query = k8s[("ScaledObject", "stream-monitor-workers")]["spec"]["triggers"][0]["metadata"]["query"]
 
     def check(expr: str) -> subprocess.CompletedProcess[str]:

@@ -30,7 +30,7 @@ import yaml
 from stream_monitor.app import Monitor
 from stream_monitor.config import load_config
 from stream_monitor.metrics import Metrics
-from tests.support.servers import RedisServer, free_port, stop_process, wait_until
+from tests.support.servers import RedisServer, free_port, stop_process, unavailable, wait_until
 from tests.support.small import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_dashboards_use_the_provisioned_datasource_and_cover_the_fleet() -> None
 def _promtool() -> str:
     exe = shutil.which("promtool")
     if exe is None:
-        pytest.skip("promtool is not installed (Debian package `prometheus`; scripts/bootstrap.sh test installs it)")
+        unavailable("promtool is not installed (Debian package `prometheus`; scripts/bootstrap.sh test installs it)")
     return exe
 
 
@@ -162,7 +162,7 @@ class Prometheus:
     def __init__(self, workdir: Path, target_port: int) -> None:
         exe = shutil.which("prometheus")
         if exe is None:
-            pytest.skip("prometheus is not installed (Debian package `prometheus`; scripts/bootstrap.sh test installs it)")
+            unavailable("prometheus is not installed (Debian package `prometheus`; scripts/bootstrap.sh test installs it)")
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         shutil.copy(PROM_DIR / "rules.yml", workdir / "rules.yml")
@@ -232,7 +232,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path: Path, redis: RedisServer) -> None:
     if shutil.which("prometheus") is None:
-        pytest.skip("prometheus is not installed (Debian package `prometheus`; scripts/bootstrap.sh test installs it)")
+        unavailable("prometheus is not installed (Debian package `prometheus`; scripts/bootstrap.sh test installs it)")
     overrides = small_config(
         detectors={"enabled": ["caddm", "sta"], "sta": {"sample_fps": 4.0, "window_stride": 2}},
         faces={"min_size": 20},

@@ -42,7 +42,7 @@ from stream_monitor.app import Monitor
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.ingest.urls import redact
 from stream_monitor.listen_policy import is_loopback, token_weakness
-from tests.support.servers import RedisServer, free_port, wait_until
+from tests.support.servers import RedisServer, free_port, unavailable, wait_until
 from tests.support.small import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +134,7 @@ ADMIN = "acl-test-admin"
 def _redis_version() -> tuple[int, ...]:
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+        unavailable("redis-server is not installed (scripts/test.sh installs it)")
     out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
     assert m, out
@@ -385,7 +385,7 @@ def test_health_commands_of_compose_and_kubernetes(acl_redis: AclRedis, tmp_path
     assert probe[:2] == ["sh", "-c"]
     redis_cli = shutil.which("redis-cli")
     if redis_cli is None:
-        pytest.skip("redis-cli is not installed")
+        unavailable("redis-cli is not installed")
     shim = tmp_path / "bin"
     shim.mkdir()
     (shim / "redis-cli").write_text(f'#!/bin/sh\nexec {redis_cli} -p {acl_redis.server.port} "$@"\n')
@@ -407,7 +407,7 @@ def _tls_files(tmp: Path) -> dict[str, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed")
+        unavailable("openssl is not installed")
     files = {name: tmp / name for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "san.ext")}
     files["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]

@@ -27,7 +27,6 @@ from typing import Any, AsyncIterator, Callable
 import aiohttp
 import cv2
 import numpy as np
-import pytest
 import redis.asyncio as aioredis
 
 from stream_monitor.app import Monitor
@@ -35,7 +34,7 @@ from stream_monitor.config import load_config
 from tests.support.schema import check_schema
 from tests.support.chromium import (Chromium, Page, chromium_problem, netns_problem, run_in_private_netns,
                                     write_fake_camera)
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, unavailable
 from tests.support.small import small_config
 
 TOKEN = "ui-test-token"
@@ -315,7 +314,7 @@ def test_events_from_redis_pubsub(tmp_path: Path, redis_server: RedisServer) -> 
 def needs_browser() -> None:
     for problem in (chromium_problem(), netns_problem()):
         if problem is not None:
-            pytest.skip(problem)
+            unavailable(problem)
 
 
 JS_SUBMIT_TOKEN = f"""(() => {{

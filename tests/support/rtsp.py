@@ -14,9 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
-from tests.support.servers import free_port, stop_process
+from tests.support.servers import free_port, stop_process, unavailable
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 _MAIN = Path(__file__).with_name("rtsp_server_main.py")
@@ -44,7 +43,7 @@ class RtspServer:
                  test_fps: int = 25, port: int | None = None) -> None:
         problem = gi_problem()
         if problem is not None:
-            pytest.skip(problem)
+            unavailable(problem)
         self.workdir = workdir
         self.files = dict(files or {})
         self.test_size = test_size
