@@ -457,6 +457,42 @@ def eval_dataset(
     _exit_when_done(0)
 
 
+@app.command("synth")
+def synth(
+    real_videos: Path = typer.Argument(..., help="a folder of real face videos (searched recursively)"),
+    out: Path = typer.Argument(..., help="an empty or new folder: FF++ layout, manifest.json, manifest.csv"),
+    methods: str = typer.Option("vb,mfs,sbi", help="comma list: vb (StA video-level blending), mfs (CADDM "
+                                "multi-scale facial swap), sbi (per-frame self-blending)"),
+    seed: int = typer.Option(0, help="random seed (same inputs and seed: same videos)"),
+    compression: str = typer.Option("c23", help="raw (lossless), c23 or c40: the H.264 CRF of every output"),
+    max_seconds: Optional[float] = typer.Option(None, help="use at most this many seconds of each video"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file (faces.*)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (face detection)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Make labelled pseudo-fake videos from real ones (a test and adaptation aid, not real deepfakes)."""
+    _setup_logging(verbose)
+    cfg = _config(config, _overrides(None, None, None, device, None, None, None, None, None, None))
+    from .synth.build import SynthError, SynthOptions, check_inputs, synthesize
+
+    opts = SynthOptions(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seed=seed,
+                        compression=compression, max_seconds=max_seconds)
+    try:
+        check_inputs(real_videos, out, opts)
+    except (SynthError, SourceError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        manifest = synthesize(real_videos, out, cfg, opts, progress)
+    except StreamMonitorError as exc:
+        raise _fail(str(exc), code=1) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}", code=1) from None
+    fakes = sum(e["label"] for e in manifest["videos"])
+    typer.echo(f"wrote {len(manifest['videos']) - fakes} real and {fakes} pseudo-fake videos to {out} "
+               f"(manifest.json, manifest.csv)")
+
+
 def main() -> None:
     app()
 

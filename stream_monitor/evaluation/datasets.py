@@ -47,7 +47,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Iterable
 
 from ..errors import StreamMonitorError
 

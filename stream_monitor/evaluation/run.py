@@ -64,7 +64,7 @@ def model_keys(cfg: Config) -> dict[str, str]:
     so a missing checkpoint raises :class:`~stream_monitor.errors.WeightsError` here."""
     dcfg = cfg.detectors
     resolved = {} if dcfg.random_weights else resolve_all(dcfg)
-    keys = {}
+    keys: dict[str, str] = {}
     for d in dcfg.enabled:
         files = resolved[d].files if d in resolved else ()
         settings = {"detector": dcfg.detector(d).model_dump(mode="json", exclude=_SPEED_ONLY),
