@@ -430,7 +430,6 @@ def eval_dataset(
     cfg = _config(config, _overrides(detectors, weights_dir, random_weights, device, None, None, threshold,
                                      None, None, False))
     from .evaluation.datasets import DatasetError, load_dataset
-    from .evaluation.run import EvalOptions, run_eval
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     try:
@@ -442,6 +441,8 @@ def eval_dataset(
     counts = data.counts()
     log.info("%s: %s layout, %d videos (%d real, %d fake)", dataset, data.layout, len(data.samples),
              counts["real"], counts["fake"])
+    from .evaluation.run import EvalOptions, run_eval  # torch, sklearn: only once the dataset is valid
+
     try:
         doc = run_eval(cfg, data, dataset, EvalOptions(out=out, cache=cache, jobs=jobs, progress=progress))
     except WeightsError as exc:

@@ -193,7 +193,7 @@ def run_eval(cfg: Config, dataset: Dataset, dataset_path: Path, opts: EvalOption
     a = cfg.alerts
     groups: dict[str, dict[str, int]] = {}
     for s in dataset.samples:
-        g = groups.setdefault(str(s.group), {"real": 0, "fake": 0})
+        g = groups.setdefault(s.group if s.group is not None else "(none)", {"real": 0, "fake": 0})
         g["fake" if s.label else "real"] += 1
     counts = dataset.counts()
     doc: dict[str, Any] = {

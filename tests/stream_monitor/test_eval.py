@@ -288,19 +288,23 @@ def test_eval_killed_half_way_resumes_from_its_cache(tmp_path: Path, dataset: Pa
                                                      clean: tuple[Path, dict[str, Any]]) -> None:
     cfg = write_eval_config(tmp_path / "small.yaml")
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "stream_monitor", "eval", str(dataset), "--out", str(out), "-c", str(cfg)]
+    # A cache holding the clean run's faces but no scores (a shared --cache, as after another
+    # detector's run): the detectors score every video again, the face detector is skipped.
+    cache = tmp_path / "shared.sqlite"
+    with sqlite3.connect(clean[0] / "cache.sqlite") as src, sqlite3.connect(cache) as dst:
+        src.backup(dst)
+    with sqlite3.connect(cache) as conn:
+        conn.execute("DELETE FROM scores")
+    args = [sys.executable, "-m", "stream_monitor", "eval", str(dataset), "--out", str(out), "-c", str(cfg),
+            "--cache", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cache = out / "cache.sqlite"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
         done = 0
         try:
             while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    done = count_videos(cache) if cache.exists() else 0
-                except sqlite3.Error:
-                    done = 0  # the file exists, its tables not yet
+                done = count_videos(cache)
                 if done >= 2:
                     break
                 time.sleep(0.02)
@@ -311,6 +315,7 @@ def test_eval_killed_half_way_resumes_from_its_cache(tmp_path: Path, dataset: Pa
     done = len({p for p, _ in stored})
     assert 2 <= done < 8, f"killed after {done} of 8 videos:\n" + (tmp_path / "first.log").read_text()[-3000:]
     assert not (out / "scores.jsonl").exists()  # the report comes only at the end
+    assert not (out / "cache.sqlite").exists()
 
     second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
