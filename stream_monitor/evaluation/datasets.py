@@ -122,6 +122,10 @@ def load_dataset(path: Path, layout: str = "auto", compression: str = "c23", met
         raise DatasetError(f"unknown layout {layout!r} (use auto or one of {', '.join(LAYOUTS)})")
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder")
+    if split_file is not None and layout != "ffpp":
+        raise DatasetError(f"--split-file is for the ffpp layout, not {layout}")
+    if root is not None and layout != "deepfakebench":
+        raise DatasetError(f"--root is for the deepfakebench layout, not {layout}")
     if layout == "ffpp":
         base, samples = path, _ffpp(path, compression, list(methods) if methods else None, split_file)
     elif layout == "celebdf":

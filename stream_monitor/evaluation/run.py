@@ -119,7 +119,7 @@ async def _score_missing(cfg: Config, dataset: Dataset, videos: Sequence[VideoKe
                 log.warning("%s: unreadable, recorded as such: %s", sample.video, exc)
                 results = {d: _failed(str(exc)) for d in missing[i]}
             cache.put(videos[i], {d: (keys[d], results[d]) for d in missing[i]})
-            bar.set_postfix_str(sample.video[-40:], refresh=False)
+            bar.set_postfix_str(Path(sample.video).name, refresh=False)
             bar.update(1)
 
     tasks = [asyncio.ensure_future(one(i)) for i in todo]

@@ -126,6 +126,8 @@ def test_layouts_read_ffpp_celebdf_dfdc_deepfakebench_csv(tmp_path: Path) -> Non
         load_dataset(ff, methods=["NeuralTextures"])
     with pytest.raises(DatasetError, match="raw"):
         load_dataset(ff, compression="raw")
+    with pytest.raises(DatasetError, match="--root is for the deepfakebench layout"):
+        load_dataset(ff, root=tmp_path)
 
     cdf = tmp_path / "cdf"
     _touch(cdf / "Celeb-real/id0_0000.mp4")
