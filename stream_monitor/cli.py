@@ -471,6 +471,114 @@ def calibrate(
             typer.echo(f"warning: {name}: real samples score 1.0 too often to reach FPR {fpr:g}", err=True)
 
 
+def _exit_when_done(code: int) -> None:
+    """Exit with ``code``; immediately if an inference worker is still inside a long batch
+    (everything is written by then), rather than let the interpreter tear down under it."""
+    if any(t.name.startswith("inference") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
+
+
+@app.command("eval")
+def eval_dataset(
+    dataset: Path = typer.Argument(..., help="a FaceForensics++, Celeb-DF v2 or DFDC folder, a DeepfakeBench "
+                                   "dataset .json, or a path,label[,group] .csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for scores.jsonl, metrics.json, report.md, roc.png, "
+                             "hist.png (and the cache)"),
+    layout: str = typer.Option("auto", help="auto, ffpp, celebdf, dfdc, deepfakebench or csv"),
+    compression: str = typer.Option("c23", help="FF++ / DeepfakeBench compression level: c23, c40 or raw"),
+    methods: Optional[str] = typer.Option(None, help="FF++: comma list of manipulation folders "
+                                          "(default: all present but DeepFakeDetection)"),
+    split: str = typer.Option("test", help="DeepfakeBench JSON: the split evaluated"),
+    split_file: Optional[Path] = typer.Option(None, help="FF++: a split JSON (e.g. test.json) to keep"),
+    root: Optional[Path] = typer.Option(None, help="DeepfakeBench JSON: the folder its frame paths are under "
+                                        "(default: the JSON's)"),
+    cache: Optional[Path] = typer.Option(None, help="score cache (default OUT/cache.sqlite); share it between "
+                                         "runs and output folders"),
+    jobs: int = typer.Option(1, min=1, max=64, help="videos scored at once (their windows batch together)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with ETA on stderr"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
+    detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
+    weights_dir: Optional[Path] = typer.Option(None),
+    random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing "
+                                                  "checks)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+    threshold: Optional[float] = typer.Option(None, help="decision threshold (default: alerts.threshold)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Measure detection on a labelled dataset through the live path (lossless, cached, resumable)."""
+    import sqlite3
+
+    _setup_logging(verbose)
+    cfg = _config(config, _overrides(detectors, weights_dir, random_weights, device, None, None, threshold,
+                                     None, None, False))
+    from .evaluation.datasets import DatasetError, load_dataset
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    try:
+        data = load_dataset(dataset, layout, compression, names, split, root, split_file)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from None
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out}: exists and is not a folder")
+    counts = data.counts()
+    log.info("%s: %s layout, %d videos (%d real, %d fake)", dataset, data.layout, len(data.samples),
+             counts["real"], counts["fake"])
+    from .evaluation.run import EvalOptions, run_eval  # torch, sklearn: only once the dataset is valid
+
+    try:
+        doc = run_eval(cfg, data, dataset, EvalOptions(out=out, cache=cache, jobs=jobs, progress=progress))
+    except WeightsError as exc:
+        raise _fail(str(exc)) from None
+    except (StreamMonitorError, OSError, sqlite3.Error) as exc:
+        raise _fail(str(exc), code=1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished videos are cached; rerun the same command to resume", err=True)
+        _exit_when_done(130)
+    typer.echo((out / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {out}/scores.jsonl, metrics.json, report.md, roc.png, hist.png "
+               f"({len(doc['unreadable'])} unreadable)", err=True)
+    _exit_when_done(0)
+
+
+@app.command("synth")
+def synth(
+    real_videos: Path = typer.Argument(..., help="a folder of real face videos (searched recursively)"),
+    out: Path = typer.Argument(..., help="an empty or new folder: FF++ layout, manifest.json, manifest.csv"),
+    methods: str = typer.Option("vb,mfs,sbi", help="comma list: vb (StA video-level blending), mfs (CADDM "
+                                "multi-scale facial swap), sbi (per-frame self-blending)"),
+    seed: int = typer.Option(0, help="random seed (same inputs and seed: same videos)"),
+    compression: str = typer.Option("c23", help="raw (lossless), c23 or c40: the H.264 CRF of every output"),
+    max_seconds: Optional[float] = typer.Option(None, help="use at most this many seconds of each video"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file (faces.*)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (face detection)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Make labelled pseudo-fake videos from real ones (a test and adaptation aid, not real deepfakes)."""
+    _setup_logging(verbose)
+    cfg = _config(config, _overrides(None, None, None, device, None, None, None, None, None, None))
+    from .synth.build import SynthError, SynthOptions, check_inputs, synthesize
+
+    opts = SynthOptions(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seed=seed,
+                        compression=compression, max_seconds=max_seconds)
+    try:
+        check_inputs(real_videos, out, opts)
+    except (SynthError, SourceError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        manifest = synthesize(real_videos, out, cfg, opts, progress)
+    except StreamMonitorError as exc:
+        raise _fail(str(exc), code=1) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}", code=1) from None
+    fakes = sum(e["label"] for e in manifest["videos"])
+    typer.echo(f"wrote {len(manifest['videos']) - fakes} real and {fakes} pseudo-fake videos to {out} "
+               f"(manifest.json, manifest.csv)")
+
+
 def main() -> None:
     app()
 
