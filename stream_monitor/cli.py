@@ -1,4 +1,4 @@
-"""``stream-monitor``: run, serve, predict, alerts tail, weights, bench.
+"""``stream-monitor``: run, serve, predict, eval, synth, calibrate, alerts tail, weights, bench.
 
 Exit codes: 0 success; 1 a runtime failure; 2 bad usage, bad configuration or missing
 weights (the message names the files and where they come from). Logs go to stderr;
