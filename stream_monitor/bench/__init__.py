@@ -31,6 +31,7 @@ The report (JSON; ``render_table`` prints the same numbers):
   fallback: frames per second}, ``mean_batch``}, ``detectors``
   {detector: {``model``, ``sample_fps``, ``window_len``, ``window_stride``,
   ``windows_scored``, ``windows_per_s``, ``windows_offered_per_s``, ``windows_dropped``,
+  ``windows_discarded`` (runs of consecutive frames cut short by a gap, StyleFlow),
   ``frames_computed``, ``busy_s``,
   ``batches``, ``mean_batch``, ``throughput``, ``saturated``, ``flops_per_s``}}, ``throughput_all``,
   ``busy_fraction``, ``gpu_utilization`` (CUDA + NVML, else null), ``alert_latency_s``

@@ -107,6 +107,7 @@ class Counters:
     analysed: dict[str, float]
     dropped: dict[tuple[str, str], float]
     windows: dict[str, float]
+    discarded: dict[str, float]  # windows_discarded_total by detector (all reasons)
     busy_s: dict[str, float]
     batches: dict[str, float]
     batch_items: dict[str, float]
@@ -126,6 +127,7 @@ def read_counters(monitor: Monitor) -> Counters:
         analysed=by("frames_analysed_total", "stream"),
         dropped={(lb["stream"], lb["stage"]): v for lb, v in _samples(reg, _P + "frames_dropped_total")},
         windows=by("windows_scored_total", "detector"),
+        discarded=_sum_by(_samples(reg, _P + "windows_discarded_total"), "detector"),
         busy_s=by("inference_seconds_sum", "detector"),
         batches=by("inference_seconds_count", "detector"),
         batch_items=by("inference_batch_size_sum", "detector"),
@@ -134,6 +136,13 @@ def read_counters(monitor: Monitor) -> Counters:
                   for d, r in monitor.engine.runners.items()},
         detect_modes=by("face_detections_total", "mode"),
     )
+
+
+def _sum_by(samples: list[tuple[dict[str, str], float]], label: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for labels, value in samples:
+        out[labels[label]] = out.get(labels[label], 0.0) + value
+    return out
 
 
 def _delta(a: dict[Any, float], b: dict[Any, float], key: Any) -> float:
@@ -229,6 +238,7 @@ class PipelineMeasurement:
                 "model": lane.model_id, "sample_fps": self.rate_of(d), "window_len": lane.window_len,
                 "window_stride": lane.stride, "windows_scored": windows, "windows_per_s": windows / wall,
                 "windows_offered_per_s": offered, "windows_dropped": shed,
+                "windows_discarded": _delta(c0.discarded, c1.discarded, d),
                 "frames_computed": _computed(c0, c1, d),
                 "busy_s": _delta(c0.busy_s, c1.busy_s, d), "batches": batches,
                 "mean_batch": _delta(c0.batch_items, c1.batch_items, d) / batches if batches else None,

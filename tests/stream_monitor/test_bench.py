@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DETECTORS = ("caddm", "sta", "styleflow")
 
 PIPELINE_DETECTOR_FIELDS = {"model", "sample_fps", "window_len", "window_stride", "windows_scored", "windows_per_s",
-                            "windows_offered_per_s", "windows_dropped", "frames_computed", "busy_s", "batches",
+                            "windows_offered_per_s", "windows_dropped", "windows_discarded", "frames_computed", "busy_s", "batches",
                             "mean_batch", "throughput", "saturated", "flops_per_s"}
 BASELINE_FIELDS = {"loop", "model", "wall_s", "phases_s", "frames_decoded", "frames_detected", "frames_forwarded",
                    "windows", "track_seconds", "throughput", "flops_per_s", "faces_flops_per_s", "mfu", "notes"}
@@ -91,6 +91,12 @@ def test_bench_command_reports_every_field(tmp_path: Path) -> None:
     assert set(p["detectors"]) == set(DETECTORS)
     for d, row in p["detectors"].items():
         assert PIPELINE_DETECTOR_FIELDS <= set(row), d
+        if d == "styleflow" and row["windows_scored"] == 0:
+            # A live stream that drops frames (this CPU cannot keep 30 fps of face detection under
+            # load) cuts StyleFlow's runs of consecutive frames before they fill a window: every
+            # run is then counted as discarded, never scored with a gap (issue 12).
+            assert row["windows_discarded"] > 0 and stream["dropped"], (d, row, stream)
+            continue
         assert row["windows_scored"] > 0 and row["throughput"] > 0, (d, row)
     assert p["detectors"]["caddm"]["frames_computed"] > 0
     assert p["throughput_all"] == min(row["throughput"] for row in p["detectors"].values())
