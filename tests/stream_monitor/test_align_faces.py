@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from skimage.transform import SimilarityTransform
 
 import models
-from models.align import adapt_keypoints, fit_cp2tform, fit_umeyama
+from models.align import adapt_keypoints, caddm_fit, deepfakebench_target32, fit_cp2tform
 from stream_monitor.faces.align import Aligner, context_box
 from stream_monitor.types import FaceObs, WindowItem
 
@@ -32,14 +33,33 @@ def test_context_box_follows_ftcn() -> None:
 
 
 def test_per_frame_crop_is_the_authors_warp() -> None:
+    """StA: scikit-image's fit of float32 points onto the float32 template, then warpAffine."""
     card = models.create_model("sta_clip_vitl14", device="meta").card
     t = card.template
     image, face = _frame(0), _face(0)
     crop, origin = Aligner(t).patch(image, face)
     pts = adapt_keypoints(face.points.astype(np.float64), np.asarray(t.keypoint_offsets))
-    ref = cv2.warpAffine(image, fit_umeyama(pts, np.asarray(t.points)), (t.size, t.size))
+    tform = SimilarityTransform.from_estimate(pts.astype(np.float32), deepfakebench_target32(t.size))
+    ref = cv2.warpAffine(image, tform.params[:2], (t.size, t.size))
     assert origin == (0, 0) and crop.shape == (t.size, t.size, 3)
     np.testing.assert_array_equal(crop, ref)
+    # The given authors' keypoints replace the adapted detector points.
+    theirs = face.points.astype(np.float64) + 3.0
+    tform = SimilarityTransform.from_estimate(theirs.astype(np.float32), deepfakebench_target32(t.size))
+    np.testing.assert_array_equal(Aligner(t).patch(image, face, theirs)[0],
+                                  cv2.warpAffine(image, tform.params[:2], (t.size, t.size)))
+
+
+def test_caddm_crop_is_the_composed_perspective_warp() -> None:
+    """CADDM: one warpPerspective of M3·M2·M1 (identity M3, M2 at test time) — not warpAffine,
+    whose fixed-point coordinates differ from warpPerspective's by up to several grey levels."""
+    t = models.create_model("caddm_efficientnet_b4", device="meta").card.template
+    image, face = _frame(1), _face(0)
+    crop, _ = Aligner(t).patch(image, face)
+    m = np.vstack([caddm_fit(face.points.astype(np.float64), np.asarray(t.points)), [0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(crop, cv2.warpPerspective(image, m, (t.size, t.size)))
+    affine = cv2.warpAffine(image, m[:2], (t.size, t.size))
+    assert (affine != crop).any(), "expected warpAffine to differ somewhere (else this test proves nothing)"
 
 
 def test_per_clip_crops_equal_the_black_canvas_warp() -> None:
