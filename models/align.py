@@ -269,13 +269,31 @@ def caddm_fit(points: np.ndarray, target: np.ndarray) -> np.ndarray:
     return m
 
 
+def _stretch(va: np.ndarray, vb: np.ndarray, s: float) -> None:
+    """Move two float32 points apart by ``s`` about their midpoint, in place: CADDM's
+    shape-jitter step. At test time ``s`` is 1, but the float32 midpoint arithmetic still
+    moves the points by an ulp or so, which is why the authors' ``M3`` is not exactly the
+    identity (entries of 1e-9 in its perspective row)."""
+    m = (va + vb) * 0.5
+    d = (va - vb) * 0.5
+    va[:] = m + d * s
+    vb[:] = m - d * s
+
+
 @lru_cache(maxsize=8)
 def _caddm_test_composition(target_key: tuple[tuple[float, float], ...], size: int) -> np.ndarray:
-    """``M3·M2`` of CADDM's test-time ``align_5p`` (no rotation, no stretch, no shift): the
-    rotation ``cv2.getRotationMatrix2D(centre, 0, 1)`` and the perspective map of the
-    template's eye and mouth points onto themselves, both as OpenCV computes them."""
+    """``M3·M2`` of CADDM's test-time ``align_5p`` (rotation 0, stretches 1, shift 0) as
+    OpenCV and NumPy compute it: ``cv2.getRotationMatrix2D(centre, 0, 1)``, and the
+    perspective map of the template's float32 eye and mouth points onto the same points
+    after the (identity) stretches."""
     mf = np.asarray(target_key, dtype=np.float64)[[0, 1, 3, 4]].astype(np.float32)
-    m3 = cv2.getPerspectiveTransform(mf, mf.copy())
+    mf2 = mf.copy()
+    _stretch(mf2[0], mf2[1], 1)
+    _stretch(mf2[2], mf2[3], 1.0 / 1)
+    _stretch(mf2[0], mf2[2], 1)
+    _stretch(mf2[1], mf2[3], 1.0 / 1)
+    mf2 += np.array([0, 0])
+    m3 = cv2.getPerspectiveTransform(mf, mf2)
     m2 = np.eye(3)
     m2[:2] = cv2.getRotationMatrix2D((size / 2, size / 2), 0, 1)
     return np.asarray(m3.dot(m2), dtype=np.float64)

@@ -146,7 +146,7 @@ class Aligner:
         if not faces:
             return torch.zeros(0, t.size, t.size, 3, dtype=torch.uint8, device=frame.device)
         kps = list(keypoints) if keypoints is not None else [None] * len(faces)
-        # The authors' test-time matrices are affine (CADDM's perspective row is 0, 0, 1).
+        # The torch warp is affine: CADDM's perspective row (1e-9, 1e-9, 1 - 1e-6) is dropped (< 0.001 px).
         m = np.stack([self.matrix(face, kp)[:2] for face, kp in zip(faces, kps)])
         return warp_affine(frame[None], m, t.size)
 

@@ -36,6 +36,7 @@ import importlib.util
 import logging
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -112,6 +113,14 @@ class DlibBoxMap:
 
 # Calibrated with MTCNN on the test media by tools/dlib_box.py (FIDELITY.md).
 DLIB_BOX = DlibBoxMap(side=0.9469, dx=-0.0134, dy=-0.0217)
+
+
+@lru_cache(maxsize=4)
+def load_predictor(path: Path) -> "ShapePredictor":
+    """One :class:`ShapePredictor` per file and process: the 68-point model is 100 MB and
+    takes ~0.7 s to read; engines built in one process (tests, the bench) share it (dlib's
+    predictor is read-only when called)."""
+    return ShapePredictor(path)
 
 
 class ShapePredictor:
@@ -235,12 +244,12 @@ def create_landmarker(faces_landmarks: LandmarkSource, per_detector: Mapping[str
             sources = {d: "detector" if s == "dlib68" else s for d, s in sources.items()}
         else:
             assert path is not None
-            predictors["dlib68"] = ShapePredictor(path)
+            predictors["dlib68"] = load_predictor(Path(path))
     if "dlib81" in wanted:
         if dlib81_model is None:
             raise FaceBackendError("faces.landmarks dlib81 needs faces.dlib81_model: the path of the authors' "
                                    "shape_predictor_81_face_landmarks.dat")
-        predictors["dlib81"] = ShapePredictor(dlib81_model)
+        predictors["dlib81"] = load_predictor(Path(dlib81_model))
     by_source: dict[str, list[str]] = {}
     for detector, source in sorted(sources.items()):
         by_source.setdefault(source, []).append(detector)
