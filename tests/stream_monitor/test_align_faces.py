@@ -7,7 +7,7 @@ import numpy as np
 from skimage.transform import SimilarityTransform
 
 import models
-from models.align import adapt_keypoints, caddm_fit, deepfakebench_target32, fit_cp2tform
+from models.align import adapt_keypoints, caddm_fit, caddm_matrix, deepfakebench_target32, fit_cp2tform
 from stream_monitor.faces.align import Aligner, context_box
 from stream_monitor.types import FaceObs, WindowItem
 
@@ -51,14 +51,19 @@ def test_per_frame_crop_is_the_authors_warp() -> None:
 
 
 def test_caddm_crop_is_the_composed_perspective_warp() -> None:
-    """CADDM: one warpPerspective of M3·M2·M1 (identity M3, M2 at test time) — not warpAffine,
-    whose fixed-point coordinates differ from warpPerspective's by up to several grey levels."""
+    """CADDM: one warpPerspective of M3·M2·M1, where at test time M2 is the identity and M3
+    nearly so (float32 rounding of the identity stretches leaves 1e-9 in its perspective
+    row) — not warpAffine of M1, which differs by up to several grey levels. The authors'
+    own function is compared in test_crop_parity.py."""
     t = models.create_model("caddm_efficientnet_b4", device="meta").card.template
     image, face = _frame(1), _face(0)
     crop, _ = Aligner(t).patch(image, face)
-    m = np.vstack([caddm_fit(face.points.astype(np.float64), np.asarray(t.points)), [0.0, 0.0, 1.0]])
+    m1 = caddm_fit(face.points.astype(np.float64), np.asarray(t.points))
+    m = caddm_matrix(face.points.astype(np.float64), t, t.size)
+    assert m.shape == (3, 3) and 0 < np.abs(m[2, :2]).max() < 1e-8 and abs(m[2, 2] - 1) < 1e-5
+    np.testing.assert_allclose(m[:2], m1, rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(crop, cv2.warpPerspective(image, m, (t.size, t.size)))
-    affine = cv2.warpAffine(image, m[:2], (t.size, t.size))
+    affine = cv2.warpAffine(image, m1, (t.size, t.size))
     assert (affine != crop).any(), "expected warpAffine to differ somewhere (else this test proves nothing)"
 
 
