@@ -23,7 +23,8 @@ from MTCNN, boxes mapped to dlib's convention (:data:`stream_monitor.faces.landm
 with the authors' keypoints (:data:`models.align.AUTHORS_CROPS`), on the host (OpenCV, the CPU
 default) and batched in torch (the GPU path, ``faces.align_device``, run here on the CPU).
 Prints per detector the max and mean absolute pixel difference and the share of differing
-values (FIDELITY.md). ``--out``: writes the golden crops (PNG) and landmarks (JSON) of
+values (FIDELITY.md), and for comparison the first wave's path (a float64 Umeyama fit onto
+the card's template, ``cv2.warpAffine``). ``--out``: writes the golden crops (PNG) and landmarks (JSON) of
 ``tests/support/crop_frames.py``'s frames for ``tests/stream_monitor/test_crop_parity.py``.
 """
 
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-from models.align import authors_crop  # noqa: E402
+from models.align import authors_crop, fit_umeyama  # noqa: E402
 from stream_monitor.config import FacesConfig  # noqa: E402
 from stream_monitor.faces.align import Aligner  # noqa: E402
 from stream_monitor.faces.landmarks import DLIB_BOX, ShapePredictor, dlib68_model_path  # noqa: E402
@@ -154,7 +155,8 @@ def main() -> None:
         extra.append(cv2.warpAffine(frame, m, (640, 480), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
     frames = golden + extra
     faces = faces_of(frames)
-    stats: dict[str, dict[str, list[tuple[int, float, float]]]] = {d: {"opencv": [], "torch": []} for d in TEMPLATES}
+    stats: dict[str, dict[str, list[tuple[int, float, float]]]] = {
+        d: {"opencv": [], "torch": [], "float64 warpAffine": []} for d in TEMPLATES}
     records = []
     for i, (frame, face) in enumerate(zip(frames, faces)):
         box = DLIB_BOX.box(face)
@@ -167,6 +169,10 @@ def main() -> None:
             ours_torch = aligner.patches(torch.from_numpy(frame), [face], [kp])[0].numpy()
             stats[detector]["opencv"].append(diff_stats(ours, ref))
             stats[detector]["torch"].append(diff_stats(ours_torch, ref))
+            # The first wave's path: a float64 Umeyama fit onto the card template, warpAffine.
+            t = aligner.template
+            plain = cv2.warpAffine(frame, fit_umeyama(kp, np.asarray(t.points)), (t.size, t.size))
+            stats[detector]["float64 warpAffine"].append(diff_stats(plain, ref))
             if i < len(golden):
                 record[detector] = ref
         if i < len(golden):
@@ -175,7 +181,7 @@ def main() -> None:
     for detector, paths in stats.items():
         for path_name, rows in paths.items():
             a = np.asarray(rows)
-            print(f"{detector:6s} {path_name:6s} max {int(a[:, 0].max()):3d}  mean {a[:, 1].mean():.2e}  "
+            print(f"{detector:6s} {path_name:18s} max {int(a[:, 0].max()):3d}  mean {a[:, 1].mean():.2e}  "
                   f"differing values {a[:, 2].mean():.2e}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
