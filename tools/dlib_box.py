@@ -41,8 +41,9 @@ def media() -> list[np.ndarray]:
         import insightface  # noqa: F401  (only to find its bundled image)
 
         path = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
-        if path.is_file():
-            images.append(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
+        photo = cv2.imread(str(path)) if path.is_file() else None
+        if photo is not None:
+            images.append(cv2.cvtColor(photo, cv2.COLOR_BGR2RGB))
     except ImportError:
         pass
     return images

@@ -36,7 +36,7 @@ import torch
 from models.align import authors_crop
 
 from ..faces.align import to_device
-from ..faces.landmarks import LandmarkFit, Landmarker
+from ..faces.landmarks import LandmarkFit, Landmarker, LandmarkSource
 from ..faces.track import FaceTracker
 from ..types import Clip, FaceObs, Frame, Patch, TrackedFace, WindowItem
 from ..windows import WindowBank
@@ -110,18 +110,18 @@ class StreamAnalysis:
         if self.landmarker is None:
             return out
         # One fit per (face, predictor), whatever the number of detectors using it.
-        needed: dict[str, dict[int, TrackedFace]] = {}
+        needed: dict[LandmarkSource, dict[int, TrackedFace]] = {}
         for face, detector in wanted:
             source = self.landmarker.source(detector)
             if source != "detector":
                 needed.setdefault(source, {})[face.track_id] = face
-        fits: dict[tuple[str, int], LandmarkFit] = {}
+        fits: dict[tuple[LandmarkSource, int], LandmarkFit] = {}
         for source, faces in needed.items():
             results = self.landmarker.fit(frame.image, [f.obs for f in faces.values()], source)
-            for track_id, fit in zip(faces, results):
-                fits[(source, track_id)] = fit
+            for track_id, result in zip(faces, results):
+                fits[(source, track_id)] = result
                 self.landmark_fits += 1
-                self.landmark_fallbacks += fit.shape is None
+                self.landmark_fallbacks += result.shape is None
         for i, (face, detector) in enumerate(wanted):
             fit = fits.get((self.landmarker.source(detector), face.track_id))
             if fit is not None and fit.shape is not None:

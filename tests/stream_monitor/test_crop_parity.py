@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-import models
 from models.align import authors_crop
+from models.caddm import TEMPLATE as CADDM_TEMPLATE
+from models.sta import STA_TEMPLATE
 from stream_monitor.faces.align import Aligner
 from stream_monitor.faces.landmarks import dlib68_model_path, dlib_available, load_predictor
 from stream_monitor.types import FaceObs
 from tests.support.crop_frames import FRAMES, crop_frames, frame_digest
 
 DATA = Path(__file__).parent / "data" / "crops"
-MODELS = {"caddm": "caddm_efficientnet_b4", "sta": "sta_clip_vitl14"}
+TEMPLATES = {"caddm": CADDM_TEMPLATE, "sta": STA_TEMPLATE}  # the model cards' templates
 # Measured by tools/parity/crops.py on 26 frames (FIDELITY.md): OpenCV path 0; torch path max 4, mean 0.07.
 TORCH_MAX, TORCH_MEAN = 4, 0.15
 
@@ -35,11 +36,13 @@ def _golden() -> list[dict]:  # type: ignore[type-arg]
 
 
 def _png(name: str) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(DATA / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)
+    assert bgr is not None, name
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _aligner(detector: str) -> Aligner:
-    return Aligner(models.create_model(MODELS[detector], device="meta").card.template)
+    return Aligner(TEMPLATES[detector])
 
 
 def _face(box: list[int]) -> FaceObs:
@@ -54,7 +57,7 @@ def test_golden_frames_are_the_ones_the_crops_were_cut_from() -> None:
         assert frame_digest(frame) == g["digest"], "the synthetic frames changed: rerun tools/parity/crops.py"
 
 
-@pytest.mark.parametrize("detector", sorted(MODELS))
+@pytest.mark.parametrize("detector", sorted(TEMPLATES))
 def test_our_crops_equal_the_authors_preprocessing(detector: str) -> None:
     aligner = _aligner(detector)
     recipe = authors_crop(aligner.template)

