@@ -27,6 +27,7 @@ the detector's points for that face and frame, counted in :attr:`StreamAnalysis.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
@@ -41,6 +42,8 @@ from ..faces.track import FaceTracker
 from ..types import Clip, FaceObs, Frame, Patch, TrackedFace, WindowItem
 from ..windows import WindowBank
 from .runners import DetectorRunner
+
+log = logging.getLogger(__name__)
 
 
 def resolve_align_device(setting: Literal["auto", "cpu", "device"], device: torch.device) -> torch.device | None:
@@ -154,6 +157,9 @@ class StreamAnalysis:
 
     def close(self) -> FrameAnalysis:
         """End every track (stream stopped or reconnected): final windows and ended ids."""
+        if self.landmark_fits:
+            log.info("%s: %d dlib landmark fits, %d implausible (the face detector's points used)",
+                     self.stream_id, self.landmark_fits, self.landmark_fallbacks)
         ended = self.tracker.close()
         clips = [clip for track_id in ended for clip in self.bank.end_track(track_id)]
         return FrameAnalysis(self.stream_id, -1, -1.0, [], 0, clips, ended)

@@ -143,7 +143,7 @@ def test_startup_log_names_the_model_and_its_terms(caplog: pytest.LogCaptureFixt
 
 
 @needs_dlib
-def test_analysis_uses_dlib_keypoints_and_counts_fallbacks() -> None:
+def test_analysis_uses_dlib_keypoints_and_counts_fallbacks(caplog: pytest.LogCaptureFixture) -> None:
     """Two faces in one frame: one whose detector points agree with dlib (the crop uses
     CADDM's recipe from dlib's 68 points), one whose detector eyes are far off (the fit is
     implausible: the detector's points are used, and the fallback is counted)."""
@@ -173,6 +173,9 @@ def test_analysis_uses_dlib_keypoints_and_counts_fallbacks() -> None:
     np.testing.assert_array_equal(items[bad_box].points, bad)
     aligner = engine.runners["caddm"].aligner
     np.testing.assert_array_equal(items[box].patch, aligner.patch(frame, faces[0], caddm_keypoints(shape))[0])
+    with caplog.at_level(logging.INFO, logger="stream_monitor.inference.analysis"):
+        analysis.close()
+    assert "a: 2 dlib landmark fits, 1 implausible" in caplog.text
     # Without a landmarker (faces.landmarks: detector) the detector's points are used.
     plain = StreamAnalysis("b", engine.runners, tc.iou_threshold, tc.max_missed)
     item = plain.process(Frame("b", 0, 0.0, 0.0, frame), faces[:1]).clips[0].items[0]
