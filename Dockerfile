@@ -2,9 +2,12 @@
 # stream-monitor worker image: CUDA runtime (torch's cu124 wheels bring their own CUDA/cuDNN
 # libraries; the base image supplies the driver hooks of the NVIDIA container toolkit).
 #   docker build -t stream-monitor .
-#   docker run --gpus all -p 8080:8080 -v "$PWD/weights:/weights:ro" stream-monitor
+#   export STREAM_MONITOR_API_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+#   docker run --gpus all -p 127.0.0.1:8080:8080 -v "$PWD/weights:/weights:ro" -e STREAM_MONITOR_API_TOKEN stream-monitor
 # Weights are never baked in: mount them read-only at /weights (weights/README.md says where
-# they come from). The API listens on 0.0.0.0:8080; SIGTERM stops streams and flushes alerts.
+# they come from). The API listens on 0.0.0.0:8080, so the monitor refuses to start without a
+# strong STREAM_MONITOR_API_TOKEN; it answers the Host names of api.allowed_hosts only
+# (deploy/config.container.yaml). SIGTERM stops streams and flushes alerts.
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04
 FROM ${CUDA_IMAGE}
 

@@ -18,7 +18,7 @@ from ._registry import is_model, list_models, register_model
 from .card import AlignTemplate, CheckpointSpec, ModelCard
 
 # The families register their entry points on import (explicit table, no scanning).
-from . import caddm, sta, styleflow  # noqa: E402,F401  isort: skip
+from . import caddm, sta, styleflow, styleflow_truemedia  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "AlignTemplate", "CheckpointError", "CheckpointSpec", "LoadReport", "ModelCard",

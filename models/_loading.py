@@ -36,13 +36,17 @@ class CheckpointError(RuntimeError):
 class LoadReport:
     """What a load found: keys the model lacks, keys the file lacks, and shape clashes.
 
-    ``mismatched`` holds ``(key, shape in model, shape in checkpoint)``.
+    ``mismatched`` holds ``(key, shape in model, shape in checkpoint)``. ``ignored``: keys
+    of the file that a model knows and deliberately does not load, because the authors'
+    own code does not use them (e.g. ``styleflow_truemedia`` and the style attention of a
+    stage-2 file); they do not make a load fail.
     """
 
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     loaded: int = 0
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -61,6 +65,9 @@ class LoadReport:
         if self.mismatched:
             clashes = [f"{k} model {tuple(a)} vs file {tuple(b)}" for k, a, b in self.mismatched]
             lines.append(f"{len(clashes)} shape mismatches: {show(clashes)}")
+        if self.ignored:
+            lines.append(f"{len(self.ignored)} ignored keys (in the file, unused by the authors' code): "
+                         f"{show(self.ignored)}")
         return "; ".join(lines)
 
 

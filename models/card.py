@@ -85,7 +85,10 @@ class ModelCard:
     A window holds ``window_len`` sampled frames and the next window starts
     ``window_stride`` sampled frames later. ``clip_len`` is how many frames one forward
     pass takes (1 for a per-frame model, whose window score is the mean of its frames'
-    probabilities, as the authors' video score is).
+    probabilities, as the authors' video score is). ``consecutive``: the model was trained
+    on clips of consecutive frames (its temporal features difference neighbouring frames),
+    so a window must never skip one: the monitor then samples every n-th source frame, the
+    whole n nearest ``sample_fps``, and makes windows only of unbroken runs of them.
     """
 
     name: str
@@ -107,6 +110,7 @@ class ModelCard:
     preprocess: Callable[[torch.Tensor | np.ndarray], torch.Tensor] = field(compare=False, repr=False)
     output: str = "fake probability in [0, 1], float32 tensor of shape [N]"
     notes: str = ""
+    consecutive: bool = False
 
     @property
     def per_frame(self) -> bool:

@@ -15,29 +15,43 @@ Three parts, each registered on its own and composed by ``styleflow``:
   from ``E``; FTCN's temporal transformer (:mod:`models.layers.time_transformer`) maps
   the tokens to one logit; the fake probability is its sigmoid.
 
-How SAM is wired (our reading of the TrueMedia copy, changyeon2/Truemedia-ML-Models
-``StyleFlow/model/ftcn (for Styleflow).py``): the released ``TransformerHead.forward``
-runs the content path only; the style path is present as commented lines marked
+**This is a reconstruction.** No released code runs the style-enabled stage 2:
+TrueMedia's server (changyeon2/Truemedia-ML-Models ``StyleFlow/custommodel.py``) runs
+the content-only ``model/ftcn.py`` on ``true_best_1118.pth`` — that model is
+``styleflow_truemedia`` (:mod:`models.styleflow_truemedia`). In their
+``StyleFlow/model/ftcn (for Styleflow).py`` the released ``TransformerHead.forward`` runs
+the content path only; the style path is present as commented lines marked
 ``ftcn + StyleGRU`` and ``SAM``, and ``STA`` is built in ``__init__`` (so its weights are
 in the stage-2 checkpoints, 283 keys). Switched on, those lines give, per clip::
 
     x      = AvgPool3d(1,14,14)(trunk(video)) -> [N, 16, 1024]  (content tokens, time order)
     codes  = E.reshape(N, 16, 1024)       # row i = E[1024 i : 1024 (i+1)]
-    codes  = STA(q=x, k=codes, v=codes)   # lp(softmax(W_q x · (W_k codes)ᵀ / √1024) W_v codes)
+    codes  = STA(q, k, v)                 # lp(softmax(W_q q · (W_k k)ᵀ / √1024) W_v v)
     logit  = time_T(x + codes)
 
-That is what :class:`StyleFlowContent` computes. Why this reading: (1) it is the variant
-the authors label ``SAM`` and the one ``STA``'s zero-initialised ``lp`` is designed for
-(adding a zero update to the content tokens starts stage 2 from the content model);
-the other two orders tried in the file (``STA(x_c, x_c, codes)``,
-``STA(codes, codes, x_c)``) are marked as experiments ("SAM 종류변경 실험", variants of
-SAM) and need the same shapes, so the keys do not tell them apart; (2) it matches
-DETECTORS.md and the paper's description (content queries, style keys/values). Note
-the style "tokens" are consecutive 1024-chunks of ``E`` = [layer-0 forward, layer-0
-backward, layer-1 forward, layer-1 backward] final GRU states (four tokens per state),
-not time steps. The scale is ``1/√1024`` (the width before projection). ``E`` enters
-as StyleGRU's raw embedding (the ``w/o StyleGRU`` lines that pool and batch-normalise
-codes belong to an ablation and have no weights in the head).
+with one of three ``STA`` calls, all in the file, all with the same weights (identical key
+names and shapes, so a checkpoint cannot tell them apart). They are selectable as the
+content config's ``sam_reading`` (``styleflow_content(sam_reading=...)``,
+``styleflow(content={"sam_reading": ...})``; see ``SAM_READINGS`` in
+:mod:`models.layers.styleflow_content`):
+
+* ``content_style_style`` (default): ``STA(x_c, codes, codes)``, the line labelled ``SAM``;
+* ``content_content_style``: ``STA(x_c, x_c, codes)``;
+* ``style_style_content``: ``STA(codes, codes, x_c)``.
+
+Why the default: (1) it is the variant the authors label ``SAM`` and the one ``STA``'s
+zero-initialised ``lp`` is designed for (adding a zero update to the content tokens starts
+stage 2 from the content model); the other two are marked as experiments ("SAM 종류변경
+실험", variants of SAM); (2) it matches DETECTORS.md and the paper's description (content
+queries, style keys/values). Note the style "tokens" are consecutive 1024-chunks of ``E`` =
+[layer-0 forward, layer-0 backward, layer-1 forward, layer-1 backward] final GRU states
+(four tokens per state), not time steps. The scale is ``1/√1024`` (the width of the key
+input before projection). ``E`` enters as StyleGRU's raw embedding (the ``w/o StyleGRU``
+lines that pool and batch-normalise codes belong to an ablation and have no weights in the
+head). Files that pair: a stage-2 file with ``STA`` (TrueMedia's ``content/finetuning.pth``
+or ``content/total_best.pth``) with a StyleGRU (``style/style_best.pth``) and pSp's
+``psp_ffhq_encode.pt``; ``true_best_1118.pth`` is a content-only file for
+``styleflow_truemedia``.
 
 Canonical keys: ``styleflow_content`` uses the authors' ``I3D8x8`` keys (``resnet.s1.*``
 … ``resnet.s4.*``, ``resnet.head.time_T.*``, ``resnet.head.STA.*``); the composite
@@ -84,8 +98,8 @@ def content_checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: nn.Module
     and bare state dicts, each with or without DataParallel's ``module.``, and our
     canonical safetensors. Non-tensor entries are dropped; every tensor key is kept so a
     stray key is reported as unexpected. A content-only FTCN checkpoint (no
-    ``resnet.head.STA.*``; the TrueMedia server loads those with ``strict=False`` into a
-    model without ``STA``) fails a strict load on the 8 missing SAM tensors.
+    ``resnet.head.STA.*``, such as TrueMedia's deployed ``true_best_1118.pth``) fails a
+    strict load on the 8 missing SAM tensors: it belongs to ``styleflow_truemedia``.
     """
     raw = dict(checkpoint)
     nested = raw.get("model")
@@ -94,7 +108,9 @@ def content_checkpoint_filter_fn(checkpoint: Mapping[str, Any], model: nn.Module
 
 
 class StyleFlowContent(nn.Module):
-    """StyleFlow's stage-2 classifier (content branch + SAM + temporal transformer).
+    """StyleFlow's stage-2 classifier (content branch + SAM + temporal transformer), as
+    reconstructed from commented lines (module docstring; ``cfg.sam_reading`` picks the
+    ``STA`` call).
 
     ``forward_logits(video, style)``: ``video`` float32 ``[N, 3, T, S, S]`` (T=32,
     S=224; RGB, ``(x/255 − ImageNet mean) / std``; ``card.preprocess`` makes it from 256²
@@ -344,10 +360,12 @@ _STYLEGRU_SPEC = CheckpointSpec(
             "bare StyleGRU state dict, our canonical safetensors"),
 )
 _CONTENT_SPEC = CheckpointSpec(
-    filename="true_best_1118.pth",
+    filename="finetuning.pth",
     part="content",
-    source=("changyeon2/Truemedia-ML-Models StyleFlow server (content/true_best_1118.pth; also "
-            "content/{total_best,finetuning,contents}.pth); not public, given by the authors on request"),
+    source=("changyeon2/Truemedia-ML-Models StyleFlow: the style-enabled stage-2 files its custommodel.py "
+            "names in commented lines, content/finetuning.pth (after fine-tuning) or content/total_best.pth "
+            "(before), paired there with style/style_best.pth; not public, given by the owners on request. "
+            "Their deployed content/true_best_1118.pth is content-only: model styleflow_truemedia"),
     licence="MIT (Truemedia-ML-Models LICENSE covers the code; weights obtained on request carry the "
             "authors' terms)",
     layout=("{'model': I3D8x8 state dict, ...} or the bare state dict, 283 tensors resnet.s1.* ... "
@@ -369,7 +387,7 @@ _psp_preprocess = functools.partial(normalize_crops, crop_size=CROP_SIZE, input_
 def _card(name: str, **kw: Any) -> ModelCard:
     common: dict[str, Any] = dict(
         name=name, family="styleflow", paper=_PAPER, code=_CODE, template=STYLEFLOW_TEMPLATE,
-        colour_order="RGB", clip_len=32, window_len=32, window_stride=32, sample_fps=30.0,
+        colour_order="RGB", clip_len=32, window_len=32, window_stride=32, sample_fps=30.0, consecutive=True,
         sampling=_SAMPLING, checkpoints=(_PSP_SPEC, _STYLEGRU_SPEC, _CONTENT_SPEC),
     )
     common.update(kw)

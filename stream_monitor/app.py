@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -76,9 +77,12 @@ def build_sink(cfg: Config, metrics: Metrics) -> AlertSink:
     a, r = cfg.alerts, cfg.redis
     primary_has_metrics = False
     if r.url:
+        spool = None
+        if a.spool_dir is not None:
+            spool = a.spool_dir / (re.sub(r"[^A-Za-z0-9_.-]", "_", worker_name(cfg)) + ".alerts.jsonl")
         sinks.append(RedisPublisher(r.url, prefix=r.prefix, maxlen=r.stream_maxlen, outbox_max=r.outbox_max,
                                     backoff=Backoff(r.retry.initial_s, r.retry.max_s, r.retry.multiplier,
-                                                    r.retry.jitter), metrics=metrics))
+                                                    r.retry.jitter), metrics=metrics, spool=spool))
         primary_has_metrics = True
     if a.jsonl is not None:
         sinks.append(JsonLinesSink(path=str(a.jsonl), metrics=None if primary_has_metrics else metrics))
@@ -118,8 +122,8 @@ class Monitor:
         a = self.cfg.alerts
         self.policy = AlertPolicy(PolicyConfig(
             threshold=a.threshold, fusion=a.fusion, weights=a.weights, start_after=a.start_after,
-            end_after=a.end_after, cooldown_s=a.cooldown_s, calibrated=self.engine.calibrated,
-            models=self.engine.model_ids, worker=worker_name(self.cfg)))
+            end_after=a.end_after, cooldown_s=a.cooldown_s,
+            models=self.engine.model_ids, worker=worker_name(self.cfg), calibration=self.engine.calibration))
         await self.sink.start()
         await self._start_http()
         if self.fleet is not None:

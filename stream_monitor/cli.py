@@ -317,6 +317,41 @@ def weights_import(file: Path = typer.Argument(..., help="an authors' checkpoint
     typer.echo(f"imported {file} -> {dst} (sha256 {digest})")
 
 
+@weights_app.command("fetch")
+def weights_fetch(
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME",
+                                                help="caddm_efficientnet_b4, caddm_efficientnet_b3, caddm_resnet34, "
+                                                     "sta_clip_vitl14, styleflow_psp_encoder, or caddm / sta"),
+    accept_licence: bool = typer.Option(False, "--accept-licence",
+                                        help="accept a non-commercial licence (StA, pSp); required for those files"),
+    offline: bool = typer.Option(False, "--offline", help="never download: only check the files already present"),
+    weights_dir: Path = typer.Option(Path("weights")),
+    base_url: Optional[str] = typer.Option(None, envvar="STREAM_MONITOR_WEIGHTS_BASE_URL", hidden=True),
+) -> None:
+    """Download the authors' public checkpoints from Google Drive (resumable), check them like
+    `import`, and record their size and sha256 in WEIGHTS_DIR/manifest.json (later fetches must match).
+    Files already present are only checked. Exit 1 on a network failure (run again to resume)."""
+    from .drive_download import DownloadError, DriveClient
+    from .weights_fetch import fetch
+    from .weights_sources import fetchable_names
+
+    if not names:
+        raise _fail(f"name at least one checkpoint to fetch: {', '.join(fetchable_names())}")
+    try:
+        fetched = fetch(names, weights_dir, accept_licence=accept_licence, offline=offline,
+                        client=DriveClient(base_url), say=lambda line: typer.echo(line, err=True))
+    except WeightsError as exc:
+        raise _fail(str(exc)) from None
+    except DownloadError as exc:
+        raise _fail(str(exc), code=1) from None
+    except OSError as exc:
+        raise _fail(f"cannot write under {weights_dir}: {exc}", code=1) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; run the command again to resume the download", code=1) from None
+    for f in fetched:
+        typer.echo(f"{f.state} {f.model}: {f.path} ({f.size} bytes, sha256 {f.sha256})")
+
+
 @app.command()
 def bench(
     streams: int = typer.Option(1, min=1, help="streams run at once"),
@@ -384,6 +419,56 @@ def bench(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+@app.command()
+def calibrate(
+    scores: Path = typer.Argument(..., help="scores.jsonl from `stream-monitor eval` (one line per video and detector)"),
+    out: Path = typer.Option(..., "--out", "-o", help="calibration file to write (detectors.calibration)"),
+    fpr: float = typer.Option(0.01, help="target false-positive rate on real videos for every threshold"),
+    method: str = typer.Option("platt", help="platt (logistic on the logit) or isotonic"),
+    level: str = typer.Option("frame", help="frame: each frame/window probability (what live alerts "
+                              "threshold); video: each video's score"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="the configuration the scores were made "
+                                          "with: its detectors and model ids are recorded"),
+    detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default weights/)"),
+    random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="the scores came from random "
+                                                  "weights (plumbing checks)"),
+) -> None:
+    """Fit calibrated probabilities, fusion and thresholds at a target FPR from SCORES into --out."""
+    from .calibration import LEVELS, METHODS, ScoresError, fit_calibration, read_scores, save_calibration
+
+    if not 0.0 < fpr < 1.0:
+        raise _fail(f"--fpr must be in (0, 1); got {fpr}")
+    if method not in METHODS or level not in LEVELS:
+        raise _fail(f"--method {'|'.join(METHODS)}, --level {'|'.join(LEVELS)}")
+    cfg = _config(config, _overrides(detectors, weights_dir, random_weights, None, None, None, None, None, None,
+                                     None))
+    if not out.parent.is_dir():
+        raise _fail(f"{out}: no such directory {out.parent}")
+    try:
+        rows, digest = read_scores(scores)
+        from .inference.engine import model_ids_for
+
+        models = model_ids_for(cfg.detectors)
+        calibration = fit_calibration(rows, models, fpr=fpr, method=method, level=level,  # type: ignore[arg-type]
+                                      source={"scores": str(scores), "sha256": digest,
+                                              "videos": len({r.video for r in rows})})
+        save_calibration(calibration, out)
+    except (ScoresError, WeightsError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"{out}: cannot write: {exc.strerror or exc}") from None
+    typer.echo(f"{calibration.method} calibration at {calibration.level} level, target FPR {fpr:g} -> {out}")
+    typer.echo(f"{'detectors':<24} {'threshold':>9} {'FPR':>7} {'TPR':>7} {'real':>8} {'fake':>8}")
+    entries = [(d, c) for d, c in sorted(calibration.detectors.items())] + \
+        [("+".join(m.detectors), m) for m in sorted(calibration.fused.values(), key=lambda m: m.detectors)]
+    for name, entry in entries:
+        typer.echo(f"{name:<24} {entry.threshold:>9.6f} {entry.fpr:>7.4f} {entry.tpr:>7.4f} "
+                   f"{entry.n_real:>8} {entry.n_fake:>8}")
+        if entry.fpr > fpr:
+            typer.echo(f"warning: {name}: real samples score 1.0 too often to reach FPR {fpr:g}", err=True)
 
 
 def main() -> None:

@@ -12,10 +12,13 @@ import ipaddress
 import os
 import unicodedata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .host_allowlist import LOOPBACK_NAMES, check_entry
+from .listen_policy import GENERATE_HINT, is_loopback, token_weakness
 
 DetectorName = Literal["caddm", "sta", "styleflow"]
 DETECTOR_NAMES: tuple[DetectorName, ...] = ("caddm", "sta", "styleflow")
@@ -65,6 +68,12 @@ class IngestConfig(_Section):
     read_timeout_s: float = Field(5.0, gt=0)
     stall_timeout_s: float = Field(10.0, gt=0)
     reconnect: BackoffConfig = BackoffConfig()
+    # A session must deliver frames this long before the reconnect backoff starts over: a camera
+    # that drops every few seconds (flapping) keeps backing off instead of retrying every initial_s.
+    stable_after_s: float = Field(10.0, ge=0)
+    # HTTP(S) sources: "auto" treats a live HLS playlist, an MJPEG camera or a stream without
+    # duration as a camera (reconnect when it ends) and anything else as a file (ends once).
+    live: bool | Literal["auto"] = "auto"
     queue_frames: int = Field(8, ge=1)
     realtime: bool = True
     max_fps: float | None = Field(None, gt=0)
@@ -84,6 +93,8 @@ def url_text_problem(url: str) -> str | None:
 
 
 class StreamConfig(_Section):
+    # pydantic-core's (Rust) regex: "$" is the end of the text, so "nl\n" is refused here
+    # (unlike Python's re.match; the API uses fullmatch for the same rule).
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     url: str = Field(min_length=1)
 
@@ -214,6 +225,9 @@ class DetectorsConfig(_Section):
     caddm: DetectorConfig = DetectorConfig()
     sta: DetectorConfig = DetectorConfig()
     styleflow: DetectorConfig = DetectorConfig()
+    # A file from `stream-monitor calibrate` (stream_monitor.calibration): calibrated probabilities,
+    # fusion and thresholds at a target false-positive rate; it must be fitted for these models.
+    calibration: Path | None = None
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -243,6 +257,13 @@ class AlertsConfig(_Section):
     cooldown_s: float = Field(10.0, ge=0)
     jsonl: Path | None = None
     stdout: bool | None = None
+    # Alerts waiting for Redis beyond redis.outbox_max, and those undelivered at shutdown, are
+    # kept here (one append-only, fsynced file per worker) and delivered first at the next start.
+    spool_dir: Path | None = None
+
+
+# One api.allowed_hosts entry, checked when the configuration loads (ValueError names it).
+HostEntry = Annotated[str, AfterValidator(check_entry)]
 
 
 class RedisConfig(_Section):
@@ -270,7 +291,11 @@ class ApiConfig(_Section):
     as soon as they are accepted.
     """
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # anything but loopback needs a strong token (Config's check)
+    # The Host header values the API and the metrics listener answer (else 421: the DNS
+    # rebinding defence); each listener also answers its own bind address when that names one
+    # (not 0.0.0.0). Entry syntax: stream_monitor.host_allowlist.
+    allowed_hosts: list[HostEntry] = Field(default_factory=lambda: list(LOOPBACK_NAMES))
     port: int | None = Field(None, ge=0, le=65535)
     token: str | None = None
     predict_roots: list[Path] = Field(default_factory=list)
@@ -399,6 +424,18 @@ class Config(_Section):
         if self.fleet.enabled and not self.redis.url:
             raise ValueError("fleet.enabled needs redis.url (or STREAM_MONITOR_REDIS_URL): the fleet coordinates "
                              "through Redis")
+        return self
+
+    @model_validator(mode="after")
+    def _exposed_api_needs_a_token(self) -> "Config":
+        # Checked whenever api.host is not loopback, even with api.port unset: `serve` fills in
+        # the port after loading, and an operator who names a public address means to serve it.
+        if not is_loopback(self.api.host):
+            weakness = token_weakness(self.api.token)
+            if weakness is not None:
+                raise ValueError(f"api.host {self.api.host!r} is not a loopback address, so api.token (or "
+                                 f"STREAM_MONITOR_API_TOKEN) must be a strong secret, but {weakness}; "
+                                 f"{GENERATE_HINT}")
         return self
 
 

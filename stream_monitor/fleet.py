@@ -57,6 +57,7 @@ from redis.exceptions import RedisError
 from .config import Config
 from .errors import SourceRefused, StreamMonitorError
 from .ingest.urls import redact
+from .redis_client import redis_client
 
 if TYPE_CHECKING:
     from .app import Monitor
@@ -195,9 +196,10 @@ class Fleet:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._client = aioredis.Redis.from_url(self.url, socket_timeout=self._timeout_s,
-                                               socket_connect_timeout=self._timeout_s, retry_on_timeout=False,
-                                               health_check_interval=0, decode_responses=True)
+        # No library retries: a resent SET NX whose first try did claim the lease would refuse
+        # our own claim (stream_monitor.redis_client).
+        self._client = redis_client(self.url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
+                                    health_check_interval=0, decode_responses=True)
         r = self._client
         self._s_claim = r.register_script(_CLAIM)
         self._s_claim_local = r.register_script(_CLAIM_LOCAL)
@@ -250,7 +252,7 @@ class Fleet:
             try:
                 await self._tick()
                 if not self._reachable:
-                    log.info("fleet: redis %s reachable", redact(self.url))
+                    log.info("fleet: redis %r reachable", redact(self.url))
                 self._reachable, self.last_error = True, None
             except RedisError as exc:
                 if self._reachable or self.last_error is None:

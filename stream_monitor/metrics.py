@@ -40,6 +40,11 @@ class Metrics:
         self.tracks_active = Gauge(p + "tracks_active", "Face tracks currently alive.", ["stream"], registry=r)
         self.windows_scored = Counter(p + "windows_scored_total", "Windows scored by a detector.", ["detector"],
                                       registry=r)
+        self.windows_discarded = Counter(
+            p + "windows_discarded_total",
+            "Runs of consecutive frames (StyleFlow) closed by a gap before they filled a window, by the gap: "
+            "missed_detection, frame_gap (a frame dropped or shed), pts_jump, rate_change.",
+            ["detector", "reason"], registry=r)
         self.inference_batch_size = Histogram(p + "inference_batch_size", "Windows (or faces) per inference batch.",
                                               ["detector"], buckets=_BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(p + "inference_seconds", "Wall time of one inference batch.",
@@ -57,7 +62,9 @@ class Metrics:
                                               "Failed attempts to write alerts to Redis.", registry=r)
         self.whip_sessions = Gauge(p + "whip_sessions", "WHIP sessions (WebRTC publishers) negotiating or connected.",
                                    registry=r)
-        self.alerts_dropped = Counter(p + "alerts_dropped_total", "Alert events dropped because the outbox was full.",
+        self.alerts_dropped = Counter(p + "alerts_dropped_total",
+                                      "Alert events lost, by reason: overflow (outbox full, no spool), spool_error, "
+                                      "corrupt_spool, shutdown (undelivered at exit, no spool).", ["reason"],
                                       registry=r)
         # Scale-out (fleet.enabled): every worker reports the fleet-wide unassigned count.
         self.streams_unassigned = Gauge(p + "streams_unassigned",

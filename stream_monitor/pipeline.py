@@ -16,6 +16,11 @@ before it has been scored (at most ``end_wait_s``), so the final windows can sti
 the incident; scores that arrive after a track's end are ignored, so an ended incident is
 never reopened by a straggler.
 
+Consecutive-frame detectors (StyleFlow) make windows only of unbroken runs of frames
+(:mod:`stream_monitor.windows`); each run closed by a gap before it filled a window counts once
+in ``windows_discarded_total{detector,reason}``, whose series exist at zero for every enabled
+detector from the first stream on.
+
 ``abort()`` (the stream's fleet lease is lost) stops the stream's processing at once: frames
 still queued in the engine are cancelled, results that arrive anyway are ignored, and
 ``close()`` then only ends the open incidents of its tracks (no final windows).
@@ -36,6 +41,7 @@ from .inference.batcher import Shed
 from .inference.engine import Engine
 from .metrics import Metrics
 from .types import Clip, Frame, Score, TrackedFace
+from .windows import GAP_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,9 @@ class StreamPipeline:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._aborted = False
         self.closed = False
+        for detector in engine.runners:  # zero series, so a dashboard shows "none discarded", not "no data"
+            for reason in GAP_REASONS:
+                metrics.windows_discarded.labels(detector, reason)
 
     async def open(self) -> None:
         await self.engine.open_stream(self.stream_id)
@@ -130,6 +139,7 @@ class StreamPipeline:
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
         finally:
+            self.policy.forget_stream(self.stream_id)
             self.closed = True
 
     async def _close_tracks(self, forget: bool) -> None:
@@ -177,6 +187,8 @@ class StreamPipeline:
             m.faces_detected.labels(sid).inc(len(analysis.faces))
             self.stats.frames_analysed += 1
         m.tracks_active.labels(sid).set(analysis.tracks_active)
+        for (detector, reason), runs in analysis.discarded.items():
+            m.windows_discarded.labels(detector, reason).inc(runs)
         self.stats.tracks = analysis.tracks_active
         for clip in analysis.clips:
             self._submit(clip)

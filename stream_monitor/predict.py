@@ -115,7 +115,7 @@ async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuar
     detectors = {}
     for name, probs in per_detector.items():
         values = list(frame_probs[name].values()) or probs
-        detectors[name] = round(sum(values) / len(values), 6)
+        detectors[name] = round(engine.video_score(name, values), 6)
     a = cfg.alerts
     fused = fuse(detectors, a.fusion, a.weights) if detectors else None
     return {"file_path": url, "fake_probability": None if fused is None else round(fused, 6),

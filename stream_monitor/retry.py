@@ -10,8 +10,9 @@ from dataclasses import dataclass
 class Backoff:
     """Delay before retry number ``attempt`` (0-based), in seconds.
 
-    ``initial · multiplier^attempt`` capped at ``maximum``, then spread uniformly by
-    ``±jitter`` (a fraction) so many clients do not retry in lockstep.
+    ``initial · multiplier^attempt``, spread uniformly by ``±jitter`` (a fraction) so many
+    clients do not retry in lockstep, and capped at ``maximum`` with the jitter included
+    (at the cap the spread is all below it).
     """
 
     initial: float = 0.5
@@ -24,6 +25,7 @@ class Backoff:
             raise ValueError(f"invalid backoff {self}")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        base = min(self.maximum, self.initial * self.multiplier ** max(attempt, 0))
+        # min() before the power would overflow for a large attempt count; the cap is applied last.
+        base = min(self.maximum, self.initial * self.multiplier ** min(max(attempt, 0), 64))
         u = (rng or random).uniform(-self.jitter, self.jitter)
-        return max(0.0, base * (1.0 + u))
+        return max(0.0, min(self.maximum, base * (1.0 + u)))

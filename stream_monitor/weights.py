@@ -16,13 +16,15 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import models
 from models.card import ModelCard
 
 from .config import DEFAULT_MODELS, DETECTOR_NAMES, DetectorsConfig
 from .errors import WeightsError
+from .weights_manifest import Manifest, check_recorded
+from .weights_sources import lookup
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,45 @@ def describe(weights_dir: Path) -> list[str]:
             lines.append(f"  {spec.part:<12} {spec.filename:<24} {state}")
             lines.append(f"  {'':<12} source: {spec.source}")
             lines.append(f"  {'':<12} licence: {spec.licence}")
+            fetch_name = name if spec.part == "model" else f"{name}_{spec.part}"
+            source = lookup(fetch_name)
+            if source is not None:
+                accept = " --accept-licence" if source.non_commercial else ""
+                lines.append(f"  {'':<12} fetch: stream-monitor weights fetch {fetch_name}{accept}")
     return lines
 
 
+def check_file(file: Path, candidates: Sequence[str]) -> str:
+    """The first of ``candidates`` (model names) that ``file`` fits, by the check ``import``
+    and ``verify`` make: one safe read (safetensors or ``weights_only``; a pickle that needs
+    code is refused before anything in it runs), then a strict load into each candidate
+    built on ``meta`` (no memory). Raises :class:`WeightsError` with the loader's message:
+    unsafe or unreadable, or each candidate's layout report when it fits none."""
+    try:
+        raw = models.read_checkpoint(file)
+    except models.CheckpointError as exc:
+        raise WeightsError(str(exc)) from None
+    reports = []
+    for model in candidates:
+        try:
+            models.create_model(model, checkpoint=raw, device="meta")
+        except models.CheckpointError as exc:
+            reports.append(f"{model}: {exc}")
+            continue
+        return model
+    raise WeightsError(f"{file} does not fit {' or '.join(candidates)}: " + " | ".join(reports))
+
+
 def verify(weights_dir: Path, detectors: list[str]) -> list[tuple[str, bool]]:
-    """For each detector: resolve its files, hash them, and load them strictly on ``meta``."""
+    """For each detector: resolve its files, hash them, and load them strictly on ``meta``.
+    A file recorded in the fetch manifest must still have its recorded sha256."""
     out = []
     cfg = DetectorsConfig(weights_dir=weights_dir, enabled=detectors)  # type: ignore[arg-type]
+    try:
+        manifest: Manifest | None = Manifest.load(weights_dir)
+    except WeightsError as exc:
+        out.append((f"manifest: FAILED: {exc}", False))
+        manifest = None
     for detector in detectors:
         try:
             found = resolve(detector, cfg)
@@ -143,7 +177,12 @@ def verify(weights_dir: Path, detectors: list[str]) -> list[tuple[str, bool]]:
         except (WeightsError, models.CheckpointError) as exc:
             out.append((f"{detector}: FAILED: {exc}", False))
             continue
-        hashes = ", ".join(f"{Path(f).name} sha256 {models.sha256_file(f)}" for f in found.files)
+        digests = {f: models.sha256_file(f) for f in found.files}
+        changed = [m for f, d in digests.items() if manifest and (m := check_recorded(Path(f), manifest, d))]
+        if changed:
+            out.append((f"{detector}: FAILED: {'; '.join(changed)}", False))
+            continue
+        hashes = ", ".join(f"{Path(f).name} sha256 {d}" for f, d in digests.items())
         out.append((f"{detector}: ok ({found.model}): {hashes}", True))
     return out
 

@@ -10,8 +10,20 @@ that has scored the track. Each new window score updates the fused score:
 Hysteresis: an incident **starts** after ``start_after`` consecutive scores at or above
 the threshold, emits an **update** for every later score while it lasts, and **ends**
 after ``end_after`` consecutive scores below it or when the track ends. After an end, the
-same track cannot start a new incident for ``cooldown_s`` seconds of stream time.
+same face cannot start a new incident for ``cooldown_s`` seconds of stream time: not the same
+track, and not a new track of the same stream whose box overlaps where an incident of a track
+that has since ended was last seen (IoU ≥ :data:`SAME_FACE_IOU` or centres within half a box
+side: the tracker lost the face for a moment and found it again under a new id). Such cooldown
+zones are kept per stream only while they can still cool something.
 One incident keeps one ``alert_id``; ``seq`` counts its events from 0.
+
+Calibration (``calibration``, a :class:`~stream_monitor.calibration.Calibration` from
+``detectors.calibration``): each detector's raw probability is mapped to its calibrated
+probability, the detectors present are fused by the calibration's own model for exactly that
+combination (a lone detector: its calibrated probability), and the score is compared with
+that model's threshold, set at the calibration's target false-positive rate; ``threshold``,
+``fusion`` and ``weights`` are then unused. Events carry the calibrated probabilities in
+``detectors``, the raw ones in ``raw``, and the target in ``fpr``.
 
 Times: ``cooldown_s`` is measured in stream time (window end timestamps), so the policy is
 deterministic for a given input; ``emitted_at`` comes from the injected wall clock.
@@ -25,9 +37,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
+from ..calibration import Assessment, Calibration
 from ..types import BBox, Score
 
 Fusion = Literal["mean", "max", "weighted"]
+SAME_FACE_IOU = 0.3
 
 
 @dataclass(frozen=True)
@@ -38,9 +52,9 @@ class PolicyConfig:
     start_after: int = 2
     end_after: int = 3
     cooldown_s: float = 10.0
-    calibrated: bool = True
     models: Mapping[str, str] = field(default_factory=dict)
     worker: str = ""
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         if self.start_after < 1 or self.end_after < 1:
@@ -96,6 +110,28 @@ class _TrackState:
     last: Score | None = None
 
 
+@dataclass(frozen=True)
+class _Zone:
+    """Where an ended track's incident ended, and when (stream time)."""
+
+    bbox: BBox
+    end_pts: float
+
+
+def same_face(a: BBox, b: BBox) -> bool:
+    """Whether two boxes in one stream are, plausibly, the same face a moment apart."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    if union > 0 and inter / union >= SAME_FACE_IOU:
+        return True
+    side = max(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1])
+    dx = (a[0] + a[2] - b[0] - b[2]) / 2
+    dy = (a[1] + a[3] - b[1] - b[3]) / 2
+    return (dx * dx + dy * dy) ** 0.5 <= side / 2
+
+
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -109,6 +145,15 @@ class AlertPolicy:
         self._clock = clock
         self._new_id = new_id
         self._tracks: dict[tuple[str, int], _TrackState] = {}
+        self._zones: dict[str, list[_Zone]] = {}  # per stream: cooldowns of tracks that ended
+
+    def assess(self, probabilities: Mapping[str, float]) -> Assessment:
+        """The per-detector probabilities shown in events, the fused score and its threshold
+        for a track's latest raw probabilities (calibrated when a calibration is set)."""
+        cfg = self.config
+        if cfg.calibration is not None:
+            return cfg.calibration.assess(probabilities)
+        return Assessment(dict(probabilities), fuse(probabilities, cfg.fusion, cfg.weights), cfg.threshold)
 
     def active_incidents(self) -> int:
         return sum(1 for s in self._tracks.values() if s.alert_id is not None)
@@ -119,11 +164,13 @@ class AlertPolicy:
         state = self._tracks.setdefault((score.stream_id, score.track_id), _TrackState())
         state.latest[score.detector] = score.probability
         state.last = score
-        fused = fuse(state.latest, cfg.fusion, cfg.weights)
-        over = fused >= cfg.threshold
+        fused = self.assess(state.latest)
+        over = fused.score >= fused.threshold
         if state.alert_id is None:
             state.over = state.over + 1 if over else 0
-            cooling = state.last_end_pts is not None and score.end_pts - state.last_end_pts < cfg.cooldown_s
+            cooling = self._cooling(state.last_end_pts, score.end_pts) or any(
+                self._cooling(z.end_pts, score.end_pts) and same_face(z.bbox, score.bbox)
+                for z in self._zones.get(score.stream_id, ()))
             if state.over >= cfg.start_after and not cooling:
                 state.alert_id, state.seq, state.under = self._new_id(), 0, 0
                 return [self._event(state, "start", fused)]
@@ -136,17 +183,32 @@ class AlertPolicy:
     def on_track_end(self, stream_id: str, track_id: int) -> list[AlertEvent]:
         """The track is gone: end its open incident, if any, and forget it."""
         state = self._tracks.pop((stream_id, track_id), None)
-        if state is None or state.alert_id is None:
+        if state is None:
             return []
-        return [self._end(state, fuse(state.latest, self.config.fusion, self.config.weights))]
+        events = [] if state.alert_id is None else [self._end(state, self.assess(state.latest))]
+        if state.last_end_pts is not None and state.last is not None:
+            zones = [z for z in self._zones.get(stream_id, ()) if self._cooling(z.end_pts, state.last.end_pts)]
+            self._zones[stream_id] = zones + [_Zone(state.last.bbox, state.last_end_pts)]
+        return events
 
-    def _end(self, state: _TrackState, fused: float) -> AlertEvent:
+    def forget_stream(self, stream_id: str) -> None:
+        """The stream is gone: drop its cooldown zones (its tracks were ended one by one)."""
+        self._zones.pop(stream_id, None)
+        for key in [k for k in self._tracks if k[0] == stream_id]:
+            del self._tracks[key]
+
+    def _cooling(self, ended_pts: float | None, now_pts: float) -> bool:
+        # Stream time restarts with each connection: a time before the end is a new session's,
+        # and a new session's faces are not held back by the last one's.
+        return ended_pts is not None and 0.0 <= now_pts - ended_pts < self.config.cooldown_s
+
+    def _end(self, state: _TrackState, fused: Assessment) -> AlertEvent:
         event = self._event(state, "end", fused)
         state.alert_id, state.over, state.under = None, 0, 0
         state.last_end_pts = state.last.end_pts if state.last is not None else None
         return event
 
-    def _event(self, state: _TrackState, kind: str, fused: float) -> AlertEvent:
+    def _event(self, state: _TrackState, kind: str, fused: Assessment) -> AlertEvent:
         assert state.alert_id is not None and state.last is not None
         cfg, s = self.config, state.last
         bbox: BBox = s.bbox
@@ -156,15 +218,18 @@ class AlertPolicy:
             "seq": state.seq,
             "stream_id": s.stream_id,
             "track_id": s.track_id,
-            "score": round(float(fused), 6),
-            "threshold": cfg.threshold,
-            "detectors": {d: round(float(p), 6) for d, p in sorted(state.latest.items())},
+            "score": round(float(fused.score), 6),
+            "threshold": fused.threshold,
+            "detectors": {d: round(float(p), 6) for d, p in sorted(fused.detectors.items())},
             "window": {"start_pts": round(s.start_pts, 3), "end_pts": round(s.end_pts, 3), "frames": s.frames},
             "bbox": [round(float(v), 1) for v in bbox],
-            "calibrated": cfg.calibrated,
+            "calibrated": cfg.calibration is not None,
             "models": {d: cfg.models[d] for d in sorted(state.latest) if d in cfg.models},
             "emitted_at": _iso(self._clock()),
             "worker": cfg.worker,
         }
+        if cfg.calibration is not None:
+            payload["fpr"] = cfg.calibration.fpr_target
+            payload["raw"] = {d: round(float(p), 6) for d, p in sorted(state.latest.items())}
         state.seq += 1
         return AlertEvent(payload, s.last_arrival)

@@ -4,14 +4,20 @@ Redis contract (DESIGN.md): every event is appended to the durable log
 ``XADD {prefix}:alerts MAXLEN ~ N * alert <json>`` and fanned out live with
 ``PUBLISH {prefix}:alerts:{stream_id} <json>``.
 
-Delivery: ``publish()`` never blocks the caller; it appends to an in-memory outbox that a
-single sender task drains in order, a few events per pipeline round trip. While Redis is
-down the sender retries with exponential backoff and jitter, and events wait in the
+Delivery: ``publish()`` never blocks the caller; it appends to an :class:`~.outbox.Outbox`
+that a single sender task drains in order, a few events per pipeline round trip. While Redis
+is down the sender retries with exponential backoff and jitter, and events wait in the
 outbox (``stream_monitor_alerts_pending``), so an outage delays alerts but loses none and
-keeps their order. Only when the outbox holds ``outbox_max`` events is the oldest dropped,
-counted (``stream_monitor_alerts_dropped_total``) and logged. Delivery is at least once:
-if a connection breaks after Redis applied a pipeline but before the reply arrived, the
-batch is sent again (consumers can de-duplicate on ``alert_id`` + ``seq``).
+keeps their order. Beyond ``outbox_max`` events in memory they spill to the spool file
+(``alerts.spool_dir``), which also keeps what is undelivered at shutdown for the next start;
+without one an ``update`` is dropped before any ``start`` or ``end``, and every drop is
+counted with its reason (``stream_monitor_alerts_dropped_total{reason}``).
+
+Exactly once into Redis: each event goes through one Lua script (:data:`_EMIT`) that appends,
+publishes and raises the incident's high-water mark ``{prefix}:seen:{alert_id}`` atomically,
+and writes nothing for a ``seq`` at or below the mark. The client has no library retries
+(:mod:`stream_monitor.redis_client`): the sender owns the retry policy, and a batch resent
+after a reply that came too late is recognised instead of written twice.
 """
 
 from __future__ import annotations
@@ -21,16 +27,18 @@ import json
 import logging
 import sys
 import time
-from collections import deque
+from pathlib import Path
 from typing import IO, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..metrics import Metrics
+from ..redis_client import redis_client
 from ..retry import Backoff
+from .outbox import Outbox
 from .policy import AlertEvent
 
 log = logging.getLogger(__name__)
@@ -99,28 +107,58 @@ class JsonLinesSink:
         return [] if self._out is not None else ["alert output not open"]
 
 
+# Exactly once per event: Redis applies the append, the fan-out and the incident's high-water mark
+# together, or none of them. A resend (our retry after a reply that came too late, a replay of
+# the spool) finds seq at or below the mark and writes nothing. One key per incident, not per
+# event: events of an incident leave in seq order (the outbox keeps order). The shebang makes
+# Redis 7 refuse the whole script up front under OOM instead of failing after a partial write.
+_EMIT = """#!lua
+local seq = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if seq <= last then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'alert', ARGV[5])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+# Connection trouble: the command may or may not have run; resending is safe (dedupe).
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
 class RedisPublisher:
-    """Redis Stream + Pub/Sub sink with a bounded, ordered outbox and retry."""
+    """Redis Stream + Pub/Sub sink with an ordered, bounded (optionally spooled) outbox.
+
+    Errors are told apart: connection errors and timeouts are retried with backoff;
+    ``READONLY`` (a replica after a fail-over) drops the connections and retries on fresh ones;
+    any other error Redis answers (``OOM``, ``WRONGTYPE`` on our keys, a script error) is a
+    refusal that retrying soon will not fix: counted, shown by :meth:`problems` (``/readyz``
+    red with Redis's reason), and retried with backoff while the events stay queued.
+    """
 
     def __init__(self, url: str, prefix: str = "deepfake", maxlen: int = 100_000, outbox_max: int = 10_000,
                  backoff: Backoff = Backoff(initial=0.2, maximum=5.0), batch: int = 64,
-                 metrics: Metrics | None = None, socket_timeout: float = 2.0, idle_ping_s: float = 5.0) -> None:
+                 metrics: Metrics | None = None, socket_timeout: float = 2.0, idle_ping_s: float = 5.0,
+                 spool: Path | None = None, dedupe_ttl_s: int = 7 * 86400) -> None:
         self.url = url
         self.prefix = prefix
         self.maxlen = maxlen
         self.batch = batch
-        self._outbox: deque[AlertEvent] = deque()
-        self._outbox_max = outbox_max
-        self._backoff = backoff
+        self.dedupe_ttl_s = dedupe_ttl_s
         self._metrics = metrics
+        self._outbox = Outbox(outbox_max, spool, self._dropped)
+        self._backoff = backoff
         self._socket_timeout = socket_timeout
         self._idle_ping_s = idle_ping_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: aioredis.Redis | None = None
+        self._emit_sha: str | None = None  # the dedupe script, loaded into Redis
         self._connected = False
+        self._refusal: str | None = None  # Redis answered with an error it will repeat
         self._closing = False
         self.dropped = 0
+        self.duplicates = 0  # resends that Redis recognised and did not write again
+        self._gauge()
 
     @property
     def stream_key(self) -> str:
@@ -129,52 +167,74 @@ class RedisPublisher:
     def channel(self, stream_id: str) -> str:
         return f"{self.prefix}:alerts:{stream_id}"
 
+    def seen_key(self, alert_id: str) -> str:
+        return f"{self.prefix}:seen:{alert_id}"
+
     @property
     def pending(self) -> int:
         return len(self._outbox)
 
     def queued(self) -> list[AlertEvent]:
-        """The events waiting in the outbox, oldest first (a copy)."""
-        return list(self._outbox)
+        """The events waiting in memory, oldest first (a copy; spooled ones not included)."""
+        return self._outbox.peek(self._outbox.memory_max)
 
     async def start(self) -> None:
-        self._client = aioredis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
-                                               socket_connect_timeout=self._socket_timeout,
-                                               retry_on_timeout=False, health_check_interval=0)
+        self._client = redis_client(self.url, socket_timeout=self._socket_timeout,
+                                    socket_connect_timeout=self._socket_timeout, health_check_interval=0)
         await self._ping()
         if not self._connected:
-            log.warning("redis %s unreachable at start; alerts will wait in the outbox", self._safe_url())
+            log.warning("redis %r unreachable at start; alerts will wait in the outbox", self._safe_url())
         self._task = asyncio.create_task(self._run(), name="redis-publisher")
 
     def publish(self, event: AlertEvent) -> None:
         _count(self._metrics, event)
-        if len(self._outbox) >= self._outbox_max:
-            lost = self._outbox.popleft()
-            self.dropped += 1
-            if self._metrics is not None:
-                self._metrics.alerts_dropped.inc()
-            log.error("alert outbox full (%d events): dropped %s %s of %s", self._outbox_max,
-                      lost.payload.get("event"), lost.payload.get("alert_id"), lost.stream_id)
         self._outbox.append(event)
         self._gauge()
         self._wake.set()
 
+    def _dropped(self, event: AlertEvent | None, reason: str) -> None:
+        self.dropped += 1
+        if self._metrics is not None:
+            self._metrics.alerts_dropped.labels(reason).inc()
+        if event is not None:
+            log.error("alert outbox: dropped %s %s of %s (%s)", event.payload.get("event"),
+                      event.payload.get("alert_id"), event.stream_id, reason)
+        else:
+            log.error("alert outbox: dropped an unreadable spooled event (%s)", reason)
+
     def problems(self) -> list[str]:
+        if self._refusal is not None:
+            return [f"redis {self._safe_url()} refuses alert writes ({self._refusal}); "
+                    f"{len(self._outbox)} alerts waiting"]
         if self._connected:
             return []
         return [f"redis {self._safe_url()} unreachable; {len(self._outbox)} alerts waiting"]
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Try to deliver what is queued within ``timeout`` seconds, then stop."""
+        """Try to deliver what is queued within ``timeout`` seconds, then stop; what is left
+        goes to the spool (delivered by the next start) or is counted as lost."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except asyncio.TimeoutError:
-                log.error("closing with %d alerts undelivered (Redis unreachable)", len(self._outbox))
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        left = len(self._outbox)
+        if left:
+            try:
+                kept = self._outbox.persist()
+            except OSError as exc:
+                log.error("alert spool %s cannot be written (%s)", self._outbox.spool, exc)
+                kept = 0
+            if kept:
+                log.warning("closing with %d alerts undelivered: kept in %s for the next start", kept,
+                            self._outbox.spool)
+            else:
+                log.error("closing with %d alerts undelivered and no alerts.spool_dir: they are lost", left)
+                for event in self._outbox.peek(left):
+                    self._dropped(event, "shutdown")
         if self._client is not None:
             await self._client.aclose()
 
@@ -196,17 +256,47 @@ class RedisPublisher:
 
     async def _send(self, events: list[AlertEvent]) -> None:
         assert self._client is not None
+        if self._emit_sha is None:
+            self._emit_sha = str(await self._client.script_load(_EMIT))
+        # EVALSHA straight in the pipeline: one round trip per batch (redis-py's Script objects
+        # would ask SCRIPT EXISTS before every batch).
         pipe = self._client.pipeline(transaction=False)
         for ev in events:
-            text = encode(ev)
-            pipe.xadd(self.stream_key, {"alert": text}, maxlen=self.maxlen, approximate=True)
-            pipe.publish(self.channel(ev.stream_id), text)
-        await pipe.execute()
+            pipe.evalsha(self._emit_sha, 2, self.seen_key(str(ev.payload["alert_id"])), self.stream_key,
+                         int(ev.payload["seq"]), self.dedupe_ttl_s, self.maxlen, self.channel(ev.stream_id), encode(ev))
+        try:
+            written = await pipe.execute()
+        except NoScriptError:
+            self._emit_sha = None  # Redis restarted or flushed its scripts: load again and resend
+            raise
+        self.duplicates += sum(1 for w in written if w == 0)
+
+    async def _failed(self, exc: BaseException, attempt: int) -> None:
+        """Count, classify and wait out one failed send (see the class docstring)."""
+        if self._metrics is not None:
+            self._metrics.alert_publish_failures.inc()
+        if isinstance(exc, NoScriptError):
+            what = "redis lost the dedupe script; loading it again"
+        elif isinstance(exc, ReadOnlyError):
+            self._connected, self._refusal = False, f"{type(exc).__name__}: {exc}"
+            assert self._client is not None
+            await self._client.connection_pool.disconnect()  # reconnect: the primary may have moved
+            what = "redis is read-only (a replica?); reconnecting"
+        elif isinstance(exc, _TRANSIENT):
+            self._connected, self._refusal = False, None
+            what = "redis unreachable"
+        else:
+            self._connected, self._refusal = True, f"{type(exc).__name__}: {exc}"
+            what = "redis refused the write"
+        delay = self._backoff.delay(attempt)
+        log.warning("%s (%s); %d alerts waiting, retry in %.1fs", what, exc, len(self._outbox), delay)
+        await asyncio.sleep(delay)
 
     async def _run(self) -> None:
         attempt = 0
         while True:
-            if not self._outbox:
+            events = self._outbox.peek(self.batch)
+            if not events:
                 if self._closing:
                     return
                 self._wake.clear()
@@ -215,26 +305,17 @@ class RedisPublisher:
                 except asyncio.TimeoutError:
                     await self._ping()  # keeps /readyz truthful while no alerts flow
                 continue
-            events = [self._outbox[i] for i in range(min(self.batch, len(self._outbox)))]
             try:
                 await self._send(events)
-            except (RedisConnectionError, RedisTimeoutError, OSError, RedisError) as exc:
-                self._connected = False
-                if self._metrics is not None:
-                    self._metrics.alert_publish_failures.inc()
-                delay = self._backoff.delay(attempt)
+            except (RedisError, OSError) as exc:
+                await self._failed(exc, attempt)
                 attempt += 1
-                log.warning("redis publish failed (%s); %d alerts waiting, retry in %.1fs", exc, len(self._outbox),
-                            delay)
-                await asyncio.sleep(delay)
                 continue
-            if not self._connected:
-                log.info("redis %s reachable; delivering %d waiting alerts", self._safe_url(), len(self._outbox))
-            self._connected, attempt = True, 0
+            if not self._connected or self._refusal is not None:
+                log.info("redis %r accepts alerts again; delivering %d waiting", self._safe_url(), len(self._outbox))
+            self._connected, self._refusal, attempt = True, None, 0
+            self._outbox.pop(events)
             for ev in events:
-                # publish() may have dropped the oldest while we were sending: pop by identity.
-                if self._outbox and self._outbox[0] is ev:
-                    self._outbox.popleft()
                 _delivered(self._metrics, ev)
             self._gauge()
 

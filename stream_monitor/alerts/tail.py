@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-import redis.asyncio as aioredis
+from ..redis_client import redis_client
 
 
 async def tail(url: str, prefix: str, stream_id: str | None, history: int, count: int | None,
                emit: Callable[[str], None]) -> None:
     """Print alert JSON lines: ``history`` from ``XREVRANGE {prefix}:alerts``, then live
     from ``PSUBSCRIBE {prefix}:alerts:*`` (or one stream's channel) until ``count`` arrive."""
-    client = aioredis.Redis.from_url(url)
+    client = redis_client(url)
     try:
         if history > 0:
             entries: Any = await client.xrevrange(f"{prefix}:alerts", count=history * (1 if stream_id is None else 10))

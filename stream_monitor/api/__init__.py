@@ -3,9 +3,11 @@
 ``build_api(monitor)`` is the full API; ``build_metrics_app(monitor)`` serves only
 ``/metrics`` and ``/healthcheck`` (the ``--metrics-port`` listener). With ``api.token``
 set, every route except ``/healthcheck``, ``/metrics`` and the operator page's own files
-(``/``, ``/static/``) needs ``Authorization: Bearer <token>`` (GETs may instead pass
-``?access_token=``, for the page's ``<img>`` and ``EventSource``: see :mod:`.auth`).
-Errors are JSON ``{"error": "..."}``.
+(``/``, ``/static/``) needs ``Authorization: Bearer <token>`` (the page's two live feeds,
+``/events`` and ``live.mjpeg``, may instead pass ``?access_token=`` for its ``EventSource``
+and ``<img>``: see :mod:`.auth`).
+Both answer only the ``Host`` names of ``api.allowed_hosts`` (421 otherwise: see
+:mod:`.hosts`). Errors are JSON ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..host_allowlist import HostAllowList
 from .auth import auth_middleware, json_errors
 from .health import add_health_routes
+from .hosts import host_middleware
 from .predict import add_predict_routes
 from .streams import add_stream_routes
 from .ui import add_ui_routes
@@ -29,7 +33,8 @@ MONITOR = web.AppKey("monitor", object)
 
 def build_api(monitor: "Monitor") -> web.Application:
     cfg = monitor.cfg.api
-    middlewares: list[Any] = [json_errors, auth_middleware(cfg.token)]
+    hosts = HostAllowList.for_listener(cfg.allowed_hosts, cfg.host)
+    middlewares: list[Any] = [json_errors, host_middleware(hosts), auth_middleware(cfg.token)]
     app = web.Application(middlewares=middlewares, client_max_size=cfg.max_body_bytes)
     app[MONITOR] = monitor
     add_health_routes(app)
@@ -41,7 +46,9 @@ def build_api(monitor: "Monitor") -> web.Application:
 
 
 def build_metrics_app(monitor: "Monitor") -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    hosts = HostAllowList.for_listener(monitor.cfg.api.allowed_hosts, monitor.cfg.metrics.host)
+    middlewares: list[Any] = [json_errors, host_middleware(hosts)]
+    app = web.Application(middlewares=middlewares)
     app[MONITOR] = monitor
     add_health_routes(app, metrics_only=True)
     return app

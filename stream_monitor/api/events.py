@@ -38,6 +38,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..alerts.publisher import Broadcast
+from ..redis_client import redis_client
 from ..retry import Backoff
 from .limits import AtLimit, Slots, refused
 
@@ -96,8 +97,7 @@ class RedisAlertFeed:
     async def run(self, put: Put) -> None:
         attempt = 0
         while True:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.timeout_s,
-                                             health_check_interval=0)
+            client = redis_client(self.url, socket_connect_timeout=self.timeout_s, health_check_interval=0)
             pubsub = client.pubsub()
             try:
                 await pubsub.psubscribe(self.pattern)

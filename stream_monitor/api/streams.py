@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -29,19 +29,46 @@ from ..ingest.policy import SourceGuard
 from .auth import error
 from .limits import AtLimit, refused, stream_cap
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Always with fullmatch: re.match with "$" would take a trailing newline ("nl\n").
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Our bodies are flat objects; nesting deeper than this is refused before anything reads it.
+MAX_JSON_DEPTH = 32
+
+
+def is_stream_id(value: object) -> TypeGuard[str]:
+    """True for a valid stream id: 1-64 of letters, digits, ``_``, ``.``, ``-``, not starting with
+    one of the last three (the same rule as ``StreamConfig.id``)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests arrays and objects (a scalar is 0), without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any] | web.Response:
-    """The JSON object body, or a 400/415 response saying what is wrong."""
+    """The JSON object body, or a 400/415 response saying what is wrong (400 also when it nests
+    deeper than :data:`MAX_JSON_DEPTH`)."""
     if request.content_type not in ("application/json", ""):
         return error(415, f"expected application/json, got {request.content_type}")
     try:
         body = await request.json()
     except ValueError as exc:
         return error(400, f"body is not valid JSON: {exc}")
+    except RecursionError:  # json.loads recurses once per nesting level
+        return error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(body, dict):
         return error(400, "body must be a JSON object")
+    if json_depth(body) > MAX_JSON_DEPTH:
+        return error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
@@ -80,7 +107,7 @@ def add_stream_routes(app: web.Application) -> None:
         if isinstance(body, web.Response):
             return body
         stream_id, url = body.get("id"), body.get("url")
-        if not isinstance(stream_id, str) or not _ID.match(stream_id):
+        if not is_stream_id(stream_id):
             return error(400, "'id' must be 1-64 characters: letters, digits, '_', '.', '-' (not first)")
         if not isinstance(url, str) or not url:
             return error(400, "'url' must be a non-empty string")

@@ -44,7 +44,7 @@ from ..fleet import FleetUnavailable
 from ..ingest.sdp import BadOffer
 from .auth import error
 from .limits import AtLimit, refused, stream_cap
-from .streams import _ID
+from .streams import is_stream_id
 from .whip_sessions import AtCapacity, WhipSessions
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def add_whip_routes(app: web.Application) -> None:
 
     async def publish(request: web.Request) -> web.Response:
         stream_id = request.match_info["stream_id"]
-        if not _ID.match(stream_id):
+        if not is_stream_id(stream_id):
             return error(400, "the stream id must be 1-64 characters: letters, digits, '_', '.', '-' (not first)")
         if request.content_type != SDP:
             return error(415, f"expected Content-Type {SDP}, got {request.content_type or 'none'}",

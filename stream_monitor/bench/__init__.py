@@ -6,7 +6,10 @@ two faces) run through the full service for a fixed time, paced in real time (or
 authors' own inference loops run on the same device, weights and media
 (:mod:`.baseline`). Modules: :mod:`.scenario` (media), :mod:`.presets` (detector sizes),
 :mod:`.pipeline_run` (our side), :mod:`.baseline`, :mod:`.flops`, :mod:`.report`,
-:mod:`.run` (the order). Speed is measured here, never asserted in tests.
+:mod:`.run` (the order). Speed is measured here, never asserted in tests. The prepared GPU
+check (``scripts/gpu-check.sh``: :mod:`.gpu_check`, with :mod:`.gpu_plan`, :mod:`.gpu_steps`,
+:mod:`.ladder` and :mod:`.gpu_summary`) runs this bench and the other GPU measurements in
+one command.
 
 The report (JSON; ``render_table`` prints the same numbers):
 

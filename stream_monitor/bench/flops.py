@@ -106,11 +106,13 @@ class MatmulPeak:
     device: str
 
 
-def matmul_peak(device: torch.device, repeats: int = 3, min_seconds: float = 0.3) -> MatmulPeak:
-    """Best-of-``repeats`` square-matmul FLOP/s on ``device`` (bf16 on CUDA, fp32 on a CPU)."""
+def matmul_peak(device: torch.device, repeats: int = 3, min_seconds: float = 0.3, *,
+                dtype: torch.dtype | None = None, n: int | None = None) -> MatmulPeak:
+    """Best-of-``repeats`` square-matmul FLOP/s on ``device``: ``n``×``n`` products of ``dtype``
+    (by default bf16 with n = 8192 on CUDA, fp32 with n = 1024 on a CPU)."""
     cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    n = 8192 if cuda else 1024
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    n = n or (8192 if cuda else 1024)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
 

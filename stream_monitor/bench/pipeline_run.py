@@ -291,7 +291,7 @@ async def run_pipeline(cfg: Config, urls: list[str], source_fps: float, faces: i
         await monitor.start()
         ids = [f"bench-{i}" for i in range(len(urls))]
         for sid, url in zip(ids, urls):
-            await monitor.add_stream(sid, url)
+            await monitor.add_stream(sid, url, trusted=True)  # the operator's own media
         await asyncio.sleep(warmup_s)
         c0 = read_counters(monitor)
         device = monitor.engine.device

@@ -7,7 +7,10 @@ admitted them (the engine skips the rest before face detection), with the set of
 whose stream-level sampler takes the frame. For every tracked face it asks the window bank
 which detectors sample this frame (that set, or the track's own samplers when every frame
 is analysed), cuts each such detector's patch (aligned crop or context region) and pushes it;
-full windows and the final windows of ended tracks come back as clips.
+full windows and the final windows of ended tracks come back as clips. Consecutive-frame
+detectors (StyleFlow) sample by the gate's links (:class:`~stream_monitor.windows.Link`), and
+each frame first closes the runs it cannot continue (:meth:`WindowBank.open_frame`); runs
+discarded for a gap come back in :attr:`FrameAnalysis.discarded`.
 
 Alignment (``faces.align_device``, :func:`resolve_align_device`): with OpenCV on the host
 every (face, detector) crop is one ``cv2.warpAffine`` of the frame. On the device path the
@@ -40,7 +43,7 @@ from ..faces.align import to_device
 from ..faces.landmarks import LandmarkFit, Landmarker, LandmarkSource
 from ..faces.track import FaceTracker
 from ..types import Clip, FaceObs, Frame, Patch, TrackedFace, WindowItem
-from ..windows import WindowBank
+from ..windows import Link, WindowBank
 from .runners import DetectorRunner
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ def resolve_align_device(setting: Literal["auto", "cpu", "device"], device: torc
 
 @dataclass(frozen=True)
 class FrameAnalysis:
-    """What one frame (or closing a stream) produced."""
+    """What one frame (or closing a stream) produced. ``discarded``: consecutive-frame runs
+    discarded for a gap meanwhile, by ``(detector, reason)`` (:meth:`WindowBank.take_discarded`)."""
 
     stream_id: str
     seq: int
@@ -70,6 +74,7 @@ class FrameAnalysis:
     tracks_active: int = 0
     clips: list[Clip] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
+    discarded: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class StreamAnalysis:
@@ -88,13 +93,15 @@ class StreamAnalysis:
         self.landmark_fits = 0  # dlib fits of this stream's faces
         self.landmark_fallbacks = 0  # of which implausible: the detector's points were used
 
-    def process(self, frame: Frame, faces: list[FaceObs], due: frozenset[str] | None = None) -> FrameAnalysis:
+    def process(self, frame: Frame, faces: list[FaceObs], due: frozenset[str] | None = None,
+                links: Mapping[str, Link] | None = None) -> FrameAnalysis:
         """Track ``faces`` and window them. ``due``: the detectors the stream-level gate chose
-        for this frame (``None``: each track's own samplers decide)."""
+        for this frame (``None``: each track's own samplers decide); ``links``: the gate's
+        for consecutive-frame detectors (``None``: no gate, the bank decides from ``seq``/``pts``)."""
         tracked, ended = self.tracker.update(faces, frame.pts)
+        clips: list[Clip] = self.bank.open_frame(frame.seq, frame.pts, links)
         # Every (face, detector) sample first, so the device path can batch the warps.
         wanted = [(face, detector) for face in tracked for detector in self.bank.sample(face.track_id, frame.pts, due)]
-        clips: list[Clip] = []
         keypoints = self._keypoints(frame, wanted)
         for (face, detector), kp, (patch, origin) in zip(wanted, keypoints, self._patches(frame, wanted, keypoints)):
             points = face.obs.points if kp is None else kp.astype(np.float32)
@@ -104,7 +111,8 @@ class StreamAnalysis:
                 clips.append(clip)
         for track_id in ended:
             clips.extend(self.bank.end_track(track_id))
-        return FrameAnalysis(self.stream_id, frame.seq, frame.pts, tracked, self.tracker.active, clips, ended)
+        return FrameAnalysis(self.stream_id, frame.seq, frame.pts, tracked, self.tracker.active, clips, ended,
+                             self.bank.take_discarded())
 
     def _keypoints(self, frame: Frame, wanted: list[tuple[TrackedFace, str]]) -> list[np.ndarray | None]:
         """Each sample's authors' five points from dlib's landmarks, or ``None`` (the
@@ -162,4 +170,4 @@ class StreamAnalysis:
                      self.stream_id, self.landmark_fits, self.landmark_fallbacks)
         ended = self.tracker.close()
         clips = [clip for track_id in ended for clip in self.bank.end_track(track_id)]
-        return FrameAnalysis(self.stream_id, -1, -1.0, [], 0, clips, ended)
+        return FrameAnalysis(self.stream_id, -1, -1.0, [], 0, clips, ended, self.bank.take_discarded())

@@ -27,6 +27,12 @@ batches mix streams round-robin, and under overload a lane sheds the oldest requ
 its busiest stream, counted as ``frames_dropped_total{stream, stage}`` (stage ``faces``
 or ``window_<detector>``), so one flooding stream cannot starve the others.
 
+Calibration (``detectors.calibration``): :meth:`Engine.load` reads and validates the file
+before building any model and, once they are built, refuses it (:class:`CalibrationError`,
+the service does not start) unless it was fitted for exactly the running detectors and
+model ids (:func:`model_ids_for` computes them without building models, for
+``stream-monitor calibrate``). The alert policy applies it (:mod:`stream_monitor.alerts.policy`).
+
 Precision (``detectors.precision``) is applied by the runners (autocast, and
 channels-last on CUDA; see :mod:`stream_monitor.inference.runners`); ``fp16`` without
 CUDA falls back to fp32 with a warning, so one config serves GPU and CPU hosts.
@@ -37,23 +43,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
 import models
 
-from ..config import Config
+from ..calibration import Calibration, load_calibration
+from ..config import Config, DetectorsConfig
 from ..faces.detect import FaceDetector, create_detector
 from ..faces.landmarks import Landmarker, create_landmarker
 from ..faces.roi import RegionDetector
 from ..metrics import Metrics
 from ..types import BBox, Clip, Frame
 from ..weights import model_name, resolve_all
-from ..windows import DetectionGate, WindowSpec
+from ..windows import DetectionGate, Link, WindowSpec
 from .analysis import FrameAnalysis, StreamAnalysis, resolve_align_device
 from .batcher import Batcher
-from .runners import RUNNERS, DetectorRunner, model_fingerprint
+from .runners import DetectorRunner, model_fingerprint, runner_class
 from .worker import InferenceWorker, resolve_device
 
 log = logging.getLogger(__name__)
@@ -76,16 +83,27 @@ def window_spec(detector: str, card: models.ModelCard, sample_fps: float | str |
                       sample_fps=card.sample_fps if sample_fps is None else
                       None if sample_fps == "all" else float(sample_fps),
                       min_final=1 if per_frame else max(1, int(length * _MIN_FINAL_FRACTION)),
-                      pad_final=not per_frame)
+                      pad_final=not per_frame, consecutive=card.consecutive)
+
+
+def model_ids_for(dcfg: DetectorsConfig) -> dict[str, str]:
+    """The ids :attr:`Engine.model_ids` will report for ``dcfg`` (``name@sha256 prefix`` of the
+    resolved checkpoint files, ``name@random`` with random weights), without building models;
+    raises ``WeightsError`` like :meth:`Engine.load` when files are missing."""
+    resolved = {} if dcfg.random_weights else resolve_all(dcfg)
+    return {d: model_fingerprint(model_name(d, dcfg), resolved[d].files if d in resolved else ())
+            for d in dcfg.enabled}
 
 
 @dataclass(frozen=True)
 class DetectRequest:
     """A face-detection request: the frame and the detectors its stream's gate chose
-    (``None``: each track's own samplers decide)."""
+    (``None``: each track's own samplers decide), and the gate's links for the
+    consecutive-frame detectors that sample it (``None``: no gate)."""
 
     frame: Frame
     due: frozenset[str] | None
+    links: Mapping[str, Link] | None = None
 
     @property
     def stream_id(self) -> str:  # the batcher's fairness key and the shed counter's label
@@ -112,10 +130,14 @@ class Engine:
         self._last_full: dict[str, float] = {}  # worker thread: pts of each stream's last full-frame pass
         self._faces: Batcher[DetectRequest, FrameAnalysis] | None = None
         self._lanes: dict[str, Batcher[Clip, float]] = {}
+        self.calibration: Calibration | None = None  # detectors.calibration, checked against the models
 
     @property
     def calibrated(self) -> bool:
-        return not self.cfg.detectors.random_weights
+        """Whether scores are calibrated probabilities: only with a calibration file fitted on
+        these models (``stream-monitor calibrate``). The authors' weights alone are not: their
+        probabilities were never calibrated for live video, so 0.5 is no operating point."""
+        return self.calibration is not None
 
     @property
     def model_ids(self) -> dict[str, str]:
@@ -130,10 +152,13 @@ class Engine:
     def load(self) -> None:
         """Resolve weights (``WeightsError`` if missing), build and load every model."""
         dcfg = self.cfg.detectors
+        # A bad calibration file fails before minutes of model building.
+        calibration = load_calibration(dcfg.calibration) if dcfg.calibration is not None else None
         resolved = {} if dcfg.random_weights else resolve_all(dcfg)
         if dcfg.random_weights:
             log.warning("RANDOM WEIGHTS: detectors are untrained; scores are meaningless and every alert says "
-                        "\"calibrated\": false")
+                        "\"calibrated\": %s", "false" if calibration is None else
+                        "true only because the calibration file was fitted on these same random models")
         precision = dcfg.precision
         if precision == "fp16" and self.device.type != "cuda":
             log.warning("detectors.precision fp16 needs CUDA; running fp32 on %s (bf16 also runs on a CPU)",
@@ -151,12 +176,18 @@ class Engine:
             assert isinstance(card, models.ModelCard)
             spec = window_spec(detector, card, det_cfg.sample_fps, det_cfg.window_len, det_cfg.window_stride)
             fingerprint = model_fingerprint(name, weights.files if weights else ())
-            self.runners[detector] = RUNNERS[detector](detector, model, card, fingerprint, spec, self.device,
-                                                       precision, align_on_device=self.align_device is not None,
-                                                       compile=dcfg.compile)
+            runner_cls = runner_class(detector, model)
+            self.runners[detector] = runner_cls(detector, model, card, fingerprint, spec, self.device, precision,
+                                                align_on_device=self.align_device is not None,
+                                                compile=dcfg.compile)
             log.info("detector %s: %s on %s (%s), window %d/%d at %s fps", detector,
                      self.runners[detector].model_id, self.device, precision, spec.window_len, spec.stride,
                      spec.sample_fps or "every")
+        if calibration is not None:
+            calibration.check_models(self.model_ids)
+            log.info("calibration %s: thresholds at FPR %g (%s, %s level) replace alerts.threshold, fusion and "
+                     "weights", dcfg.calibration, calibration.fpr_target, calibration.method, calibration.level)
+            self.calibration = calibration
         self.face_detector = create_detector(self.cfg.faces, self.device)
         fc = self.cfg.faces
         self.landmarker = create_landmarker(fc.landmarks, {d: dcfg.detector(d).landmarks for d in dcfg.enabled},
@@ -247,7 +278,7 @@ class Engine:
             if mode == "fallback":
                 self._last_full[frame.stream_id] = frame.pts
             state = self._streams.get(frame.stream_id)
-            out.append(state.process(frame, faces, request.due) if state is not None
+            out.append(state.process(frame, faces, request.due, request.links) if state is not None
                        else FrameAnalysis(frame.stream_id, frame.seq, frame.pts))
         return out
 
@@ -290,10 +321,12 @@ class Engine:
         skips it (no detector samples it). Call for every decoded frame, in order (the
         gate counts them), then :meth:`detect` the requests it returns."""
         gate = self._gates.get(frame.stream_id)
-        due = gate.admit(frame.pts) if gate is not None else None
-        if gate is not None and due is None:
+        if gate is None:
+            return DetectRequest(frame, None)
+        admission = gate.admit_frame(frame.seq, frame.pts)
+        if admission is None:
             return None
-        return DetectRequest(frame, None if gate is None or gate.every_frame else due)
+        return DetectRequest(frame, None if gate.every_frame else admission.due, admission.links)
 
     def detect(self, request: DetectRequest, sheddable: bool = True) -> "asyncio.Future[FrameAnalysis]":
         """Face detection and tracking/windowing of an admitted frame (batched); ``sheddable``
@@ -305,6 +338,13 @@ class Engine:
         """:meth:`admit` then :meth:`detect`: ``None`` for a skipped frame."""
         request = self.admit(frame)
         return None if request is None else self.detect(request)
+
+    def video_score(self, detector: str, scores: Sequence[float]) -> float:
+        """``detector``'s score of a whole video from its window scores (what :meth:`score`
+        returned; per-frame detectors: their frames' probabilities): the mean, or the model's
+        own definition (TrueMedia's StyleFlow: sigmoid of the mean clip logit); see
+        :meth:`~stream_monitor.inference.runners.DetectorRunner.video_score`."""
+        return self.runners[detector].video_score(scores)
 
     def score(self, clip: Clip, sheddable: bool = True) -> "asyncio.Future[float]":
         """The clip's probability from its detector lane; a sheddable (live) clip may fail with

@@ -10,12 +10,21 @@ per clip. What is computed once per frame and cached on the window items
 * **StA**: nothing. All 14 blocks mix the clip's frames (temporal embedding, temporal
   convolutions, cross-attention), so each window runs in full; only the aligned crops
   are reused (cut once per frame when the frame arrives).
-* **StyleFlow**: the pSp latents, keyed by the clip's transform. The authors fit one
+* **StyleFlow** (``styleflow``, style enabled): the pSp latents, keyed by the clip's transform. The authors fit one
   similarity per 32-frame clip, so a frame's aligned crop — and its latent — depends on
   the window it sits in. With the default non-overlapping, track-aligned windows each
   frame belongs to exactly one window and is encoded once; overlapping windows
   (stride < 32) re-fit and re-encode every frame, which is the exact behaviour (reusing
   latents across different transforms would silently depart from training).
+  StyleFlow as TrueMedia deployed it (``detectors.styleflow.model: styleflow_truemedia``,
+  content branch only) has no per-frame state and runs as a clip model (:func:`runner_class`).
+
+Video scores (:meth:`DetectorRunner.video_score`, ``Engine.video_score``): a detector's
+score of a whole video from its window scores — the mean, as the authors average clip
+probabilities, unless the model defines its own from clip logits (``model.video_score``:
+TrueMedia's StyleFlow, ``sigmoid(mean clip logit)``). Such a runner returns each clip's
+probability as a :class:`ClipScore`, a float that also carries the logit, so the video
+score is exact (no round trip through a saturated probability).
 
 Precision (``detectors.precision``): ``fp32`` (default) runs as loaded; ``bf16`` and
 ``fp16`` wrap each model forward in ``torch.autocast(device.type, dtype)`` — convolutions
@@ -55,6 +64,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Protocol, Sequence
 
@@ -104,6 +115,36 @@ def compiled(fn: Callable[..., Any], mode: CompileMode) -> Callable[..., Any]:
     return torch.compile(fn, mode=mode)
 
 
+class ClipScore(float):
+    """A clip's fake probability (a ``float`` wherever it goes) that keeps the logit it was
+    computed from, for video scores defined on logits (see the module docstring)."""
+
+    logit: float
+
+    def __new__(cls, probability: float, logit: float) -> "ClipScore":
+        score = super().__new__(cls, probability)
+        score.logit = logit
+        return score
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle/copy keep the logit
+        return (ClipScore, (float(self), self.logit))
+
+    @classmethod
+    def of(cls, logit: float) -> "ClipScore":
+        """The score of a logit: ``sigmoid(logit)`` in float64."""
+        return cls(1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit)),
+                   logit)
+
+
+def _logit(score: float) -> float:
+    """A clip's logit: the one its :class:`ClipScore` kept, else the inverse sigmoid of the
+    probability (exact for |logit| < ~36; 0 and 1 are clamped to the nearest float64 odds)."""
+    if isinstance(score, ClipScore):
+        return score.logit
+    p = min(max(float(score), sys.float_info.min), 1.0 - sys.float_info.epsilon / 2)
+    return math.log(p) - math.log1p(-p)
+
+
 class DetectorRunner(Protocol):
     name: str
     card: ModelCard
@@ -113,6 +154,8 @@ class DetectorRunner(Protocol):
     precision: Precision
 
     def run(self, clips: Sequence[Clip]) -> list[float]: ...
+
+    def video_score(self, scores: Sequence[float]) -> float: ...
 
 
 @dataclass
@@ -152,6 +195,23 @@ class _Base:
         """One fake probability per clip (worker thread)."""
         raise NotImplementedError
 
+    @property
+    def logit_video_score(self) -> bool:
+        """Whether the model defines its video score on clip logits (``model.video_score``)."""
+        return callable(getattr(self.model, "video_score", None))
+
+    def video_score(self, scores: Sequence[float]) -> float:
+        """The detector's score of a video from the scores :meth:`run` gave its windows (for a
+        per-frame detector: its frames' probabilities): ``model.video_score`` of their logits
+        where the model defines one (TrueMedia's StyleFlow: ``sigmoid(mean logit)``), else
+        their mean. ``ValueError`` for no scores."""
+        if not scores:
+            raise ValueError(f"{self.name}: a video score needs at least one window score")
+        if self.logit_video_score:
+            logits = torch.tensor([_logit(s) for s in scores], dtype=torch.float64)
+            return float(self.model.video_score(logits))
+        return float(np.mean([float(s) for s in scores]))
+
 
 class PerFrameRunner(_Base):
     """Per-frame models (CADDM): score uncached frames once; window = mean of its frames."""
@@ -176,11 +236,20 @@ class PerFrameRunner(_Base):
 
 
 class ClipRunner(_Base):
-    """Clip models without per-frame state (StA): aligned crops → one forward per batch."""
+    """Clip models without per-frame state (StA; StyleFlow as TrueMedia deployed it): aligned
+    crops → one forward per batch. A model with a logit video score gets :class:`ClipScore` values."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._logits = compiled(self.model.forward_logits, self.compile) if self.logit_video_score else None
 
     def run(self, clips: Sequence[Clip]) -> list[float]:
         crops = torch.stack([self.aligner.clip_tensor(clip.items, self.device) for clip in clips])
         x = self.card.preprocess(crops)
+        if self._logits is not None:
+            with self._autocast():
+                logits = self._logits(x)
+            return [ClipScore.of(v) for v in logits.float().cpu().tolist()]
         with self._autocast():
             probs = self._forward(x)
         return [float(p) for p in probs.float().cpu().tolist()]
@@ -215,8 +284,10 @@ class StyleFlowRunner(_Base):
                 rows = list(missing.values())
                 with self._autocast():
                     # float32 in the cache: the style flow subtracts neighbouring frames'
-                    # latents, which must not happen in bf16/fp16.
-                    codes = self._encode(self._conv_input(frames[rows])).float()
+                    # latents, which must not happen in bf16/fp16. clone(): in fp32 .float() is
+                    # no copy, and under CUDA graphs (compile: reduce-overhead) the output is the
+                    # graph's own memory, overwritten by the next replay.
+                    codes = self._encode(self._conv_input(frames[rows])).float().clone()
                 for i, code in zip(rows, codes):
                     clip.items[i].cache[key] = code
                 self.frames_computed += len(rows)
@@ -228,6 +299,16 @@ class StyleFlowRunner(_Base):
 
 
 RUNNERS: dict[str, type[_Base]] = {"caddm": PerFrameRunner, "sta": ClipRunner, "styleflow": StyleFlowRunner}
+
+
+def runner_class(detector: str, model: Any) -> type[_Base]:
+    """The runner for ``detector``'s model: ``RUNNERS[detector]``, except that a StyleFlow
+    model without the pSp/StyleGRU path (``styleflow_truemedia``, content only: no
+    ``encode_frames``) runs as a plain clip model."""
+    cls = RUNNERS[detector]
+    if cls is StyleFlowRunner and not callable(getattr(model, "encode_frames", None)):
+        return ClipRunner
+    return cls
 
 
 def model_fingerprint(name: str, files: Sequence[str]) -> str:

@@ -209,6 +209,18 @@ def open_container(target: str, shown: str, options: dict[str, str], open_timeou
         raise SourceError(f"{shown}: cannot open ({_reason(exc)})") from exc
 
 
+# Demuxers of streams that never end: a multipart JPEG camera feed, raw streams over a socket.
+_ENDLESS_FORMATS = frozenset({"mpjpeg", "mjpeg", "h264", "hevc", "mpegts"})
+
+
+def endless(container: av.container.InputContainer) -> bool:
+    """Whether an opened container is a live feed rather than a video with an end: it has no
+    duration (a live HLS playlist has none, a VOD one has its total) and its format is a feed's
+    or HLS."""
+    return container.duration is None and (container.format.name in _ENDLESS_FORMATS
+                                           or "hls" in container.format.name.split(","))
+
+
 def _first_video(container: av.container.InputContainer, shown: str, max_pixels: int) -> VideoStream:
     """The first video stream, its decoder limited to ``max_pixels``; SourceError when there
     is none or its stated picture size is larger."""
@@ -257,6 +269,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                open_timeout: float | None = None, read_timeout: float | None = None,
                stop: threading.Event | None = None, pace: bool = False,
                hwaccel: HWAccelSetting = "none", io_open: IoOpen | None = None,
+               on_open: Callable[[av.container.InputContainer], None] | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Frame]:
     """Frames of the first video stream of ``target`` (see the module docstring).
 
@@ -273,6 +286,8 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                                io_open)
     try:
         stream = _first_video(container, shown, max_pixels)
+        if on_open is not None:
+            on_open(container)
         decoder = _decoder_in_use(stream_id, stream, hwaccel, device, why)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         period = 1.0 / float(rate) if rate else 1.0 / 25.0

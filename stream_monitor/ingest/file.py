@@ -14,26 +14,37 @@ FFmpeg opens nothing itself: every open, the URL's and each playlist entry's, go
 from __future__ import annotations
 
 import threading
+
+import av
 from typing import Iterator
 
 from ..config import IngestConfig
 from ..errors import SourceError
 from ..types import Frame
-from .av_reader import IoOpen, read_video
+from .av_reader import IoOpen, endless, read_video
 from .policy import NO_PROTOCOLS, PROTOCOLS, SourceGuard
 from .urls import local_path, redact, scheme_of
 
 
 class FileSource:
-    """A local video file or an HTTP(S) resource, read once from start to end."""
+    """A local video file or an HTTP(S) resource, read once from start to end; or, for an HTTP(S)
+    resource that is a live feed (``cfg.live``), one connection to it like an RTSP camera's.
 
-    finite = True
+    ``cfg.live``: ``"auto"`` decides when the resource opens (:func:`~.av_reader.endless`: a live
+    HLS playlist, an MJPEG camera, a stream without duration); ``True``/``False`` say it for every
+    HTTP(S) source. A live feed is ``live`` (a slow consumer drops its oldest frames) and not
+    ``finite`` (the supervisor reconnects when it ends); local files are always finite.
+    """
 
     def __init__(self, stream_id: str, url: str, cfg: IngestConfig, guard: SourceGuard | None = None) -> None:
         self.stream_id = stream_id
         self.cfg = cfg
         self.live = cfg.realtime
+        self.finite = True
         scheme = scheme_of(url)
+        self._http = scheme in ("http", "https")
+        if self._http and cfg.live is True:
+            self.live, self.finite = True, False
         self.options: dict[str, str] = {"protocol_whitelist": PROTOCOLS[scheme] if guard is None else NO_PROTOCOLS}
         self.open_timeout: float | None = None
         self.read_timeout: float | None = None
@@ -66,8 +77,13 @@ class FileSource:
         """The file's frames in order; paced in real time when ``live``."""
         return read_video(self.stream_id, self.target, shown=self.shown, options=self.options,
                           open_timeout=self.open_timeout, read_timeout=self.read_timeout,
-                          stop=self._stop, pace=self.live, hwaccel=self.cfg.hwaccel, io_open=self.io_open,
-                          max_pixels=self.cfg.max_pixels)
+                          stop=self._stop, pace=self.live and self.finite, hwaccel=self.cfg.hwaccel,
+                          io_open=self.io_open, max_pixels=self.cfg.max_pixels, on_open=self._opened)
+
+    def _opened(self, container: av.container.InputContainer) -> None:
+        # Decode thread, before the first frame: the supervisor reads live/finite after that.
+        if self._http and self.cfg.live == "auto" and endless(container):
+            self.live, self.finite = True, False
 
     def close(self) -> None:
         """Ask frames() to stop at its next frame; safe from any thread."""

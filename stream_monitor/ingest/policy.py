@@ -209,12 +209,24 @@ class HostPolicy:
         except SourceError:
             return []
 
+    def check_literal(self, url: str) -> tuple[str, int]:
+        """The checks that need no DNS: a host that no entry could allow (a name no name entry
+        matches, with no network entries to resolve it into) or an address that is not
+        allowed. Returns the URL's (host, port); raises SourceRefused."""
+        host, port = endpoint(url)
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None and not self.address_allowed(host, literal, port) or \
+                literal is None and not self.names_allow(host) and not any(r.kind == "net" for r in self.rules):
+            raise self.refusal(url)
+        return host, port
+
     def check(self, url: str) -> list[IPAddress]:
         """Resolve the URL's host and check every address (blocking: DNS). Returns the
         addresses to connect to; raises SourceRefused, or SourceError when it cannot resolve."""
-        host, port = endpoint(url)
-        if not self.names_allow(host) and not any(r.kind == "net" for r in self.rules):
-            raise self.refusal(url)
+        host, port = self.check_literal(url)
         addresses = self._resolve(host, port)
         # Every answer must pass: a name that resolves to a camera and to 127.0.0.1 is refused,
         # whichever address a client would pick.
@@ -322,16 +334,7 @@ class SourceGuard:
         if scheme == "file":
             self.roots.resolve(url)
         elif scheme in NETWORK_SCHEMES:
-            host, port = endpoint(url)
-            try:
-                literal: IPAddress | None = ipaddress.ip_address(host)
-            except ValueError:
-                literal = None
-            if literal is not None and not self.hosts.address_allowed(host, literal, port):
-                raise self.hosts.refusal(url)
-            if literal is None and not self.hosts.names_allow(host) and \
-                    not any(r.kind == "net" for r in self.hosts.rules):
-                raise self.hosts.refusal(url)
+            self.hosts.check_literal(url)
 
     def check_resolved(self, url: str) -> None:
         """:meth:`check`, then the host's addresses after DNS resolution (blocking)."""

@@ -18,8 +18,9 @@ Lifecycle:
   redirect that ``api.source_hosts``/``source_roots`` does not allow) ends too: retrying
   would knock on the same refused door.
 - Error or end of a live source: state ``reconnecting``, wait ``Backoff`` (from
-  ``cfg.reconnect``; the attempt count resets once a session delivered frames), connect
-  again; ``stream_reconnects_total`` counts every new attempt after the first.
+  ``cfg.reconnect``, capped with its jitter), connect again; ``stream_reconnects_total``
+  counts every new attempt after the first. The attempt count starts over only after a
+  session delivered frames for ``cfg.stable_after_s``: a flapping camera keeps backing off.
 - Stall watchdog: when no frame reaches the loop for ``cfg.stall_timeout_s`` (before a
   session's first frame: ``open_timeout_s + stall_timeout_s``, so a slow open is judged by
   its own timeout) the session is abandoned — its source is told to close, its thread exits
@@ -124,6 +125,7 @@ class _Session:
     handoff: FrameHandoff[Frame]
     cancel: threading.Event = field(default_factory=threading.Event)
     delivered: int = 0
+    first_frame_at: float | None = None  # monotonic time of the first delivered frame
     error: str | None = None
 
     def abandon(self) -> None:
@@ -197,16 +199,16 @@ class StreamSupervisor:
             raise RuntimeError(f"stream {self.stream_id}: run() was already called")
         self._task = asyncio.current_task()
         self._started_at = time.time()
-        retry = 0  # the n-th retry in a row waits Backoff.delay(n); a session with frames resets it
+        retry = 0  # the n-th retry in a row waits Backoff.delay(n); a stable session resets it
         try:
             while not self._stopping:
-                session_ok, finite = await self._one_session()
+                stable, finite = await self._one_session()
                 if self._stopping:
                     break
                 if finite or self._refused:
                     self._set_state("ended")
                     break
-                retry = 0 if session_ok else retry
+                retry = 0 if stable else retry
                 delay = self._backoff.delay(retry)
                 retry += 1
                 self._set_state("reconnecting")
@@ -247,7 +249,8 @@ class StreamSupervisor:
     # ---------------------------------------------------------------- sessions
 
     async def _one_session(self) -> tuple[bool, bool]:
-        """Run one connection attempt to its end. Returns (delivered frames, source is finite)."""
+        """Run one connection attempt to its end. Returns (it delivered frames for at least
+        ``cfg.stable_after_s``, source is finite)."""
         self._attempts += 1
         source = self._next_source
         self._next_source = None
@@ -283,6 +286,9 @@ class StreamSupervisor:
                         log.info("stream %s: end of stream after %d frames", self.stream_id, session.delivered)
                     break
                 if not session.delivered:
+                    # An HTTP source knows whether it is a live feed only once it has opened.
+                    handoff.drop_oldest = source.live
+                    session.first_frame_at = time.monotonic()
                     self._sessions += 1
                     self._up.set(1)
                     self._set_state("up")
@@ -294,7 +300,9 @@ class StreamSupervisor:
             session.abandon()
             self._session = None
             self._up.set(0)
-        return session.delivered > 0, source.finite
+        stable = session.first_frame_at is not None and \
+            time.monotonic() - session.first_frame_at >= self.cfg.stable_after_s
+        return stable, source.finite
 
     def _decode(self, session: _Session) -> None:
         """Decode-thread body: pull frames from the source into the session's hand-off."""
@@ -339,7 +347,7 @@ class StreamSupervisor:
 
     def _fail(self, reason: str) -> None:
         self._last_error = reason
-        log.warning("stream %s (%s): %s", self.stream_id, self.url, reason)
+        log.warning("stream %s (%r): %s", self.stream_id, self.url, reason)
 
     def _set_state(self, state: State) -> None:
         if state != self._state:

@@ -7,7 +7,12 @@ No Docker engine or Kubernetes cluster runs here, so:
   Kubernetes probes are run for real against a monitor on loopback;
 - Kubernetes objects are validated against the JSON schemas bundled in ``kubernetes-validate``
   (CRDs structurally), then cross-checked (ports, labels, Secret keys, the ConfigMap's config
-  through ``load_config``); the KEDA query is parsed by ``promtool``.
+  through ``load_config``); the KEDA query is parsed by ``promtool``; ``kubectl kustomize``
+  builds the whole set (and refuses to without the uncommitted ``secrets.env``);
+- closed by default (issue 11): nothing secret is committed, Compose refuses to render
+  without its three secrets, Redis runs with the ACL of deploy/redis (its start.sh and the
+  healthcheck/readiness commands run for real in tests/security/test_deploy_defaults.py),
+  and every config answers the Host names it is reached by and no others.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,7 +33,8 @@ import pytest
 import yaml
 
 from stream_monitor.app import Monitor
-from stream_monitor.config import ConfigError, load_config
+from stream_monitor.config import Config, ConfigError, load_config
+from stream_monitor.host_allowlist import HostAllowList
 from stream_monitor.metrics import Metrics
 from tests.support.small import small_config
 
@@ -36,6 +43,17 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBE_VERSION = "1.30"
 TOKEN = "probe-token"
+# Stand-ins for the secrets an operator generates (token_urlsafe(32)-shaped; never used elsewhere).
+SECRETS = {"STREAM_MONITOR_API_TOKEN": "t0k3n-Qx8vN2mLp4Rz7Kw9Yb1Hc5Jd6Fg3Se0Ua",
+           "REDIS_PASSWORD": "r3d1s-Wm4Xq8Zn2Lv6Pb9Tc1Yd5Kh7Gf3Js0Ra",
+           "GRAFANA_ADMIN_PASSWORD": "gr4f-Ab3Cd5Ef7Gh9Ij1Kl2Mn4Op6Qr8St0Uv"}
+EVIL_HOST = "evil.example"
+
+
+def answers(cfg: Config, listener: str, host: str) -> bool:
+    """Whether the API ("api") or metrics ("metrics") listener of ``cfg`` answers ``Host: host``."""
+    bind = cfg.api.host if listener == "api" else cfg.metrics.host
+    return HostAllowList.for_listener(cfg.api.allowed_hosts, bind).allows(host)
 
 
 # ---------------------------------------------------------------- Dockerfile parsing
@@ -179,10 +197,20 @@ def test_dockerfile_context_and_baked_config(dockerfile: list[tuple[str, str]]) 
     config_path = cmd[cmd.index("--config") + 1]
     copies = [a.split() for ins, a in dockerfile if ins == "COPY" and a.split()[-1] == config_path]
     assert len(copies) == 1, copies
-    cfg = load_config(ROOT / copies[0][0], environ={})
+    # Bound to 0.0.0.0, it refuses to start without a strong token (none, or a placeholder).
+    for environ in ({}, {"STREAM_MONITOR_API_TOKEN": "change-me"}):
+        with pytest.raises(ConfigError, match=r"not a loopback address.*secrets.token_urlsafe\(32\)"):
+            load_config(ROOT / copies[0][0], environ=environ)
+    cfg = load_config(ROOT / copies[0][0], environ={"STREAM_MONITOR_API_TOKEN": SECRETS["STREAM_MONITOR_API_TOKEN"]})
     assert cfg.api.host == "0.0.0.0" and cfg.api.port == 8080
     assert str(cfg.detectors.weights_dir) == "/weights"
     assert cfg.metrics.port is None or str(cfg.metrics.port) in _one(dockerfile, "EXPOSE").split()
+    # It answers the published port on the Docker host and the HEALTHCHECK, not a rebinding name.
+    health = _one(dockerfile, "HEALTHCHECK")
+    [health_host] = re.findall(r"http://([^/]+)/healthcheck", health)
+    for host in ("localhost:8080", "127.0.0.1:8080", health_host):
+        assert answers(cfg, "api", host), host
+    assert not answers(cfg, "api", EVIL_HOST) and not answers(cfg, "api", "0.0.0.0:8080")
 
 
 def test_dockerfile_parser_catches_problems() -> None:
@@ -211,11 +239,17 @@ def compose_cli() -> list[str]:
                 "(Debian package docker-compose, installed by scripts/bootstrap.sh test)")
 
 
-def compose_config(cli: list[str], compose_file: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
-    env.pop("STREAM_MONITOR_API_TOKEN", None)
-    return subprocess.run([*cli, "-f", str(compose_file), "config"], cwd=compose_file.parent, env=env,
-                          capture_output=True, text=True, timeout=60)
+def compose_config(cli: list[str], compose_file: Path, secrets: dict[str, str] | None = None,
+                   ) -> subprocess.CompletedProcess[str]:
+    """``compose config`` with exactly ``secrets`` (default: all of :data:`SECRETS`) in the
+    environment: an empty --env-file, so a developer's deploy/.env cannot fill the gaps."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in SECRETS}
+    env.update(SECRETS if secrets is None else secrets)
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.env"
+        empty.write_text("")
+        return subprocess.run([*cli, "--env-file", str(empty), "-f", str(compose_file), "config"],
+                              cwd=compose_file.parent, env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +285,15 @@ def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     return out
 
 
+def _published(port: str | dict[str, Any]) -> tuple[str, int, int]:
+    """(host IP, published port, container port) of a resolved ``ports`` entry: the long form
+    (Compose v2) or ``[IP:]PUBLISHED:TARGET[/proto]`` (v1); the host IP is "" when unset."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), int(port["published"]), int(port["target"])
+    *ip, published, target = str(port).split("/")[0].split(":")
+    return ":".join(ip), int(published), int(target)
+
+
 def test_compose_stack(compose: dict[str, Any], dockerfile: list[tuple[str, str]]) -> None:
     services = compose["services"]
     assert {"stream-monitor", "redis", "prometheus", "grafana", "rtsp", "rtsp-publisher"} <= set(services)
@@ -279,9 +322,12 @@ def test_compose_stack(compose: dict[str, Any], dockerfile: list[tuple[str, str]
     # The monitor's config inside compose loads with the project's loader and matches the stack.
     env = {k: str(v) for k, v in monitor["environment"].items() if v}
     cfg = load_config(config_source, environ=env)
-    assert cfg.redis.url == "redis://redis:6379/0"
+    # Redis as the ACL user of deploy/redis/users.acl, with the password Redis itself gets.
+    assert cfg.redis.url == f"redis://stream-monitor:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    assert services["redis"]["environment"]["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
+    assert cfg.api.token == SECRETS["STREAM_MONITOR_API_TOKEN"]
     assert cfg.api.host == "0.0.0.0"
-    ports = {int(p["target"]) if isinstance(p, dict) else int(str(p).rsplit(":", 1)[1]) for p in monitor["ports"]}
+    ports = {_published(p)[2] for p in monitor["ports"]}
     assert cfg.api.port in ports
     assert str(cfg.detectors.weights_dir) == "/weights"
     # The stream comes from the compose RTSP server, fed by the publisher at the same path.
@@ -300,6 +346,13 @@ def test_compose_stack(compose: dict[str, Any], dockerfile: list[tuple[str, str]
     targets = [t for job in scrape["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
     assert f"stream-monitor:{cfg.metrics.port}" in targets or f"stream-monitor:{cfg.api.port}" in targets, targets
     assert cfg.metrics.port is None or cfg.metrics.host == "0.0.0.0"
+    # Each listener answers the names it is reached by (Prometheus' targets, the published
+    # port on localhost) and refuses a rebinding name.
+    for target in targets:
+        assert answers(cfg, "metrics" if target.endswith(f":{cfg.metrics.port}") else "api", target), target
+    assert answers(cfg, "api", f"localhost:{cfg.api.port}") and answers(cfg, "api", f"127.0.0.1:{cfg.api.port}")
+    for listener in ("api", "metrics"):
+        assert not answers(cfg, listener, EVIL_HOST) and not answers(cfg, listener, "redis:6379")
     for rule_file in scrape.get("rule_files", []):
         assert (DEPLOY / "prometheus" / rule_file).is_file(), rule_file
 
@@ -318,8 +371,32 @@ def test_compose_stack(compose: dict[str, Any], dockerfile: list[tuple[str, str]
 
     # Redis is healthy before the monitor starts; SIGTERM with time to flush.
     assert monitor["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert services["redis"]["healthcheck"]["test"][-1] == "ping"
     assert monitor.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+    # Redis: started by deploy/redis/start.sh with users.acl (mounted read-only), not as root,
+    # healthy only when the monitor's ACL user can PING.
+    redis = services["redis"]
+    acl_dir, ro = _mounts(redis)["/etc/redis-acl"]
+    assert ro and Path(acl_dir).resolve() == DEPLOY / "redis"
+    assert redis["command"][:2] == ["sh", "/etc/redis-acl/start.sh"] and "redis-server" not in redis["command"]
+    assert str(redis["user"]).split(":")[0] not in ("0", "root")
+    health = redis["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL" and "--user stream-monitor" in health[1] and "REDISCLI_AUTH" in health[1]
+
+    # Every published port listens on loopback only (the API also needs its token and Host).
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert _published(port)[0] == "127.0.0.1", (name, port)
+
+
+def test_compose_refuses_to_render_without_its_secrets() -> None:
+    """No defaults for secrets: each of the three missing stops `compose config` (and `up`),
+    naming the variable; an empty value is refused the same way (':?')."""
+    cli = compose_cli()
+    for name in SECRETS:
+        for secrets in ({k: v for k, v in SECRETS.items() if k != name}, {**SECRETS, name: ""}):
+            result = compose_config(cli, DEPLOY / "compose.yaml", secrets)
+            assert result.returncode != 0 and f"set {name}" in result.stderr + result.stdout, (name, result.stderr)
 
 
 # ---------------------------------------------------------------- Kubernetes
@@ -359,8 +436,10 @@ def test_k8s_schemas(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
             continue
         kv.validate(doc, KUBE_VERSION, strict=True)  # strict: unknown fields are errors too
         validated.add(kind)
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "StatefulSet", "PersistentVolumeClaim",
+    # The Secret is generated by kustomize (test_kustomize_builds_only_with_secrets validates it).
+    assert {"Deployment", "Service", "ConfigMap", "StatefulSet", "PersistentVolumeClaim",
             "HorizontalPodAutoscaler"} <= validated
+    assert "Secret" not in validated
 
     # The schema check is real: a probe with a misspelt field, or a wrong type, is rejected.
     deployment = json.loads(json.dumps(k8s[("Deployment", "stream-monitor")]))
@@ -424,13 +503,13 @@ def test_k8s_worker_semantics(k8s: dict[tuple[str, str], dict[str, Any]], docker
     claim = volumes[weights["name"]]["persistentVolumeClaim"]
     assert claim.get("readOnly") is True and ("PersistentVolumeClaim", claim["claimName"]) in k8s
 
-    # Secrets from the Secret's keys.
+    # Secrets from the generated Secret's keys (secrets.env); the Redis URL is composed by the
+    # kubelet from the password variable defined before it ($(VAR) expansion).
     secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-    assert set(secret_env) == {"STREAM_MONITOR_REDIS_URL", "STREAM_MONITOR_API_TOKEN"}
-    secret_values: dict[str, str] = {}
+    assert set(secret_env) == {"REDIS_PASSWORD", "STREAM_MONITOR_API_TOKEN"}
     for name, ref in secret_env.items():
-        secret = k8s[("Secret", ref["name"])]
-        secret_values[name] = secret["stringData"][ref["key"]]
+        assert ref == {"name": "stream-monitor-secrets", "key": name}, ref
+    secret_values = pod_env(container, SECRETS)
     assert not any(k.startswith("STREAM_MONITOR") for k in configmap["data"][config_path.name].split())
 
     # The ConfigMap's config loads with the project's loader and agrees with the pod.
@@ -440,7 +519,13 @@ def test_k8s_worker_semantics(k8s: dict[tuple[str, str], dict[str, Any]], docker
     # Replicas share streams through Redis: without the Secret's URL the config is refused.
     with pytest.raises(ConfigError, match="fleet.enabled needs redis.url"):
         load_config(cfg_file, environ={})
-    plain = load_config(cfg_file, environ={"STREAM_MONITOR_REDIS_URL": secret_values["STREAM_MONITOR_REDIS_URL"]})
+    # Bound to 0.0.0.0: without the Secret's token (or with a placeholder) it refuses to start.
+    redis_only = {"STREAM_MONITOR_REDIS_URL": secret_values["STREAM_MONITOR_REDIS_URL"]}
+    for token in ({}, {"STREAM_MONITOR_API_TOKEN": "change-me"}):
+        with pytest.raises(ConfigError, match="not a loopback address"):
+            load_config(cfg_file, environ={**redis_only, **token})
+    token = {"STREAM_MONITOR_API_TOKEN": SECRETS["STREAM_MONITOR_API_TOKEN"]}
+    plain = load_config(cfg_file, environ={**redis_only, **token})
     assert str(plain.detectors.weights_dir) == weights_dir
     assert cfg.fleet.enabled and cfg.fleet.capacity >= 1
     assert cfg.api.token == secret_values["STREAM_MONITOR_API_TOKEN"]
@@ -448,13 +533,25 @@ def test_k8s_worker_semantics(k8s: dict[tuple[str, str], dict[str, Any]], docker
     if cfg.metrics.port is not None:
         assert cfg.metrics.host == "0.0.0.0" and cfg.metrics.port == _port(container, "metrics")
 
-    # Redis URL points at the Redis Service defined here.
-    m = re.fullmatch(r"redis://([\w.-]+):(\d+)/\d+", cfg.redis.url or "")
-    assert m, cfg.redis.url
-    redis_service = k8s[("Service", m.group(1))]
-    assert int(m.group(2)) in [p["port"] for p in redis_service["spec"]["ports"]]
+    # Redis URL: the ACL user with the Secret's password, at the Redis Service defined here.
+    m = re.fullmatch(r"redis://stream-monitor:([\w-]+)@([\w.-]+):(\d+)/\d+", cfg.redis.url or "")
+    assert m and m.group(1) == SECRETS["REDIS_PASSWORD"], cfg.redis.url
+    redis_service = k8s[("Service", m.group(2))]
+    assert int(m.group(3)) in [p["port"] for p in redis_service["spec"]["ports"]]
     redis_sts = k8s[("StatefulSet", "redis")]
     assert redis_service["spec"]["selector"].items() <= redis_sts["spec"]["template"]["metadata"]["labels"].items()
+
+    # Host names: the Service's DNS names, and pod IPs (the kubelet's httpGet probes and
+    # Prometheus' pod scrapes send Host: <pod IP>:<port>); never a rebinding name.
+    service = k8s[("Service", "stream-monitor")]
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    for name in ("stream-monitor", "stream-monitor.default.svc", "stream-monitor.default.svc.cluster.local"):
+        assert answers(cfg, "api", f"{name}:{ports['http']}") and answers(cfg, "metrics", f"{name}:{ports['metrics']}")
+    for pod_ip in ("10.244.1.7", "172.17.0.5", "192.168.3.4", "[fd00:10:244::7]"):
+        assert answers(cfg, "api", f"{pod_ip}:{cfg.api.port}")
+        assert answers(cfg, "metrics", f"{pod_ip}:{cfg.metrics.port}")
+    for host in (EVIL_HOST, "stream-monitor.evil.example", "8.8.8.8", "redis:6379"):
+        assert not answers(cfg, "api", host) and not answers(cfg, "metrics", host), host
 
     # Probes: liveness/startup GET /healthcheck on the API port; readiness asks /readyz.
     for probe in ("livenessProbe", "startupProbe"):
@@ -525,6 +622,112 @@ def test_keda_query_is_valid_promql(k8s: dict[tuple[str, str], dict[str, Any]], 
     assert check(query + " +").returncode != 0  # promtool does parse the expression
 
 
+def pod_env(container: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: ``secretKeyRef`` values from
+    ``secrets`` (by key), plain values with ``$(VAR)`` expanded from the variables before them."""
+    env: dict[str, str] = {}
+    for e in container["env"]:
+        if "valueFrom" in e:
+            env[e["name"]] = secrets[e["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+    return env
+
+
+def test_k8s_redis_runs_with_the_acl(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Redis starts through start.sh with users.acl from the redis-acl ConfigMap (the same
+    bytes as deploy/redis), the password from the worker's Secret, readiness as the ACL user."""
+    configmap = k8s[("ConfigMap", "redis-acl")]
+    assert set(configmap["data"]) == {"users.acl", "start.sh"}
+    for name, text in configmap["data"].items():
+        assert text == (DEPLOY / "redis" / name).read_text(encoding="utf-8"), f"redis-acl.yaml {name} != deploy/redis"
+    pod = k8s[("StatefulSet", "redis")]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"][:2] == ["sh", "/etc/redis-acl/start.sh"] and "command" not in container
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/redis-acl"]
+    assert mount.get("readOnly") is True
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["configMap"]["name"] == "redis-acl"
+    [password] = [e for e in container["env"] if e["name"] == "REDIS_PASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "stream-monitor-secrets", "key": "REDIS_PASSWORD"}
+    probe = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert "--user stream-monitor" in probe and "REDISCLI_AUTH" in probe
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def _kustomize() -> list[str]:
+    for cli in (["kubectl", "kustomize"], ["kustomize", "build"]):
+        exe = shutil.which(cli[0])
+        if exe and subprocess.run([exe, *cli[1:], "--help"], capture_output=True).returncode == 0:
+            return [exe, *cli[1:]]
+    pytest.skip("neither `kubectl kustomize` nor `kustomize` is installed")
+
+
+def test_kustomize_builds_only_with_secrets(tmp_path: Path) -> None:
+    """`kubectl apply -k` needs secrets.env (not committed): without it the build fails naming
+    it; with it, the generated Secret holds exactly those keys and every reference follows its
+    hashed name."""
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    cli = _kustomize()
+    work = tmp_path / "k8s"
+    shutil.copytree(K8S, work, ignore=shutil.ignore_patterns("secrets.env"))
+    result = subprocess.run([*cli, str(work)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "secrets.env" in result.stderr, result.stderr
+    keys = dict(line.split("=", 1) for line in (K8S / "secrets.env.example").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert set(keys) == {"STREAM_MONITOR_API_TOKEN", "REDIS_PASSWORD"} and not any(keys.values())
+    (work / "secrets.env").write_text("".join(f"{k}={SECRETS[k]}\n" for k in keys))
+    result = subprocess.run([*cli, str(work)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+    [(_, secret_name)] = [k for k in objects if k[0] == "Secret"]
+    assert secret_name.startswith("stream-monitor-secrets-")
+    secret = objects[("Secret", secret_name)]
+    kv.validate(secret, KUBE_VERSION, strict=True)
+    import base64
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {k: SECRETS[k] for k in keys}
+
+    def secret_refs(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            own = [node["secretKeyRef"]["name"]] if "secretKeyRef" in node else []
+            return own + [r for v in node.values() for r in secret_refs(v)]
+        return [r for v in node for r in secret_refs(v)] if isinstance(node, list) else []
+
+    refs = secret_refs(list(objects.values()))
+    assert len(refs) == 3 and set(refs) == {secret_name}, refs  # worker: token + password; redis: password
+
+
+def test_no_secret_values_are_committed() -> None:
+    """Nothing under deploy/ carries a secret value or a default for one: no placeholder
+    tokens, no Secret objects, no ${VAR:-default} for a password/token/secret, no redis://
+    URL with a literal password; the generated files are git-ignored."""
+    texts = {p: p.read_text(encoding="utf-8") for p in DEPLOY.rglob("*")
+             if p.is_file() and p.suffix in (".yaml", ".yml", ".sh", ".acl", ".example", ".json", ".md", "")}
+    texts[ROOT / "Dockerfile"] = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert DEPLOY / "compose.yaml" in texts and DEPLOY / "redis/users.acl" in texts
+    placeholder = re.compile(r"change[-_ ]?me|changeit|hunter2|s3cret|\bpassword123\b", re.IGNORECASE)
+    defaulted = re.compile(r"\$\{\w*(?:PASSWORD|TOKEN|SECRET|KEY)\w*:?-[^}]", re.IGNORECASE)  # a non-empty default
+    literal_url = re.compile(r"rediss?://[^\s:@/]*:(?![$<])[^\s@]+@")  # $VAR, $(VAR), <placeholder> pass
+    for path, text in texts.items():
+        assert not placeholder.search(text), (path, placeholder.search(text))
+        assert not defaulted.search(text), (path, defaulted.search(text))
+        assert not literal_url.search(text), (path, literal_url.search(text))
+        if path.suffix in (".yaml", ".yml"):
+            for doc in yaml.safe_load_all(text):
+                assert not (isinstance(doc, dict) and doc.get("kind") == "Secret"), f"{path} commits a Secret"
+    # The checks are not vacuous.
+    assert placeholder.search("STREAM_MONITOR_API_TOKEN: change-me") and defaulted.search("${REDIS_PASSWORD:-x}")
+    assert defaulted.search("${GRAFANA_ADMIN_PASSWORD:-admin}") and not defaulted.search("${REDIS_PASSWORD:-}")
+    assert literal_url.search("redis://u:pw@redis:6379/0") and not literal_url.search("redis://u:${P}@r:1/0")
+    assert not literal_url.search("redis://stream-monitor:$(REDIS_PASSWORD)@redis:6379/0")
+    assert not literal_url.search("rediss://user:<password>@host:6380/0")
+    ignored = subprocess.run(["git", "check-ignore", "deploy/.env", "deploy/k8s/secrets.env"], cwd=ROOT,
+                             capture_output=True, text=True)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.stdout.split() == ["deploy/.env", "deploy/k8s/secrets.env"], ignored
+
+
 # ---------------------------------------------------------------- probes run for real
 
 def _probe_argv(command: list[str], port: int) -> list[str]:
@@ -550,8 +753,12 @@ def test_probes_against_a_real_monitor(k8s: dict[tuple[str, str], dict[str, Any]
     readiness_cmd = container["readinessProbe"]["exec"]["command"]
     liveness_path = container["livenessProbe"]["httpGet"]["path"]
 
+    configmap = yaml.safe_load(k8s[("ConfigMap", "stream-monitor-config")]["data"]["config.yaml"])
+    allowed_hosts = configmap["api"]["allowed_hosts"]
+
     async def main() -> None:
-        overrides = small_config(detectors={"enabled": ["caddm"]}, api={"port": 0, "token": TOKEN},
+        overrides = small_config(detectors={"enabled": ["caddm"]},
+                                 api={"port": 0, "token": TOKEN, "allowed_hosts": allowed_hosts},
                                  metrics={"port": 0}, alerts={"stdout": False})
         monitor = Monitor(load_config(overrides=overrides, environ={}))
         await monitor.start()
@@ -569,12 +776,22 @@ def test_probes_against_a_real_monitor(k8s: dict[tuple[str, str], dict[str, Any]
             assert await _run(_probe_argv(readiness_cmd, port), with_token) == 1
             assert await _run(_probe_argv(health_cmd, port), base_env) == 0
             monitor.ready = True
-            # The kubelet's httpGet probes and Prometheus send no token.
+            # The kubelet's httpGet probes and Prometheus send no token, and Host: <pod IP>:<port>
+            # (a pod IP stands in; the connection itself goes to loopback), which the ConfigMap's
+            # allowed_hosts accept; a rebinding name is refused on both listeners.
+            pod_ip = "10.244.1.7"
             async with aiohttp.ClientSession() as s:
                 async with s.get(f"http://127.0.0.1:{port}{liveness_path}") as r:
                     assert r.status == 200
-                async with s.get(f"http://127.0.0.1:{monitor.metrics_port}/metrics") as r:
-                    assert r.status == 200 and "stream_monitor_stream_up" in await r.text()
+                async with s.get(f"http://127.0.0.1:{port}{liveness_path}", headers={"Host": f"{pod_ip}:8080"}) as r:
+                    assert r.status == 200
+                for host in (f"{pod_ip}:9108", "stream-monitor:9108", None):
+                    headers = {"Host": host} if host else {}
+                    async with s.get(f"http://127.0.0.1:{monitor.metrics_port}/metrics", headers=headers) as r:
+                        assert r.status == 200 and "stream_monitor_stream_up" in await r.text(), host
+                for listener in (port, monitor.metrics_port):
+                    async with s.get(f"http://127.0.0.1:{listener}/healthcheck", headers={"Host": EVIL_HOST}) as r:
+                        assert r.status == 421
         finally:
             await monitor.stop(grace=2.0)
         # Nothing listening: both fail.

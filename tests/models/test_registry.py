@@ -15,7 +15,7 @@ from models.__main__ import count_parameters, main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = {"caddm_efficientnet_b4", "caddm_efficientnet_b3", "caddm_resnet34", "sta_clip_vitl14", "styleflow",
-            "styleflow_psp_encoder", "styleflow_stylegru", "styleflow_content"}
+            "styleflow_psp_encoder", "styleflow_stylegru", "styleflow_content", "styleflow_truemedia"}
 
 # Full-size parameter counts measured for DETECTORS.md (torch.utils.flop_counter run, random weights).
 EXPECTED_MILLIONS = {"caddm_efficientnet_b4": 289.7, "caddm_efficientnet_b3": 211.0, "caddm_resnet34": 44.0,

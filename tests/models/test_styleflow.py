@@ -19,12 +19,14 @@ from safetensors.torch import load_file
 
 import models
 from models import CheckpointError
+from models.layers.styleflow_content import SAM_READINGS
 from models.styleflow import (CONTENT_CARD, PSP_CARD, STYLEFLOW_CARD, IMAGENET_MEAN, IMAGENET_STD, StyleFlow,
                               StyleFlowContent)
 from tests.models.seeded import fill_seeded, seeded_state
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_styleflow_content.safetensors"
+READINGS_GOLDEN = DATA / "golden_styleflow_content_readings.safetensors"
 KEYS = DATA / "keys_styleflow_content.json"
 
 torch.set_num_threads(1)
@@ -143,6 +145,51 @@ def test_content_batched_equals_single(content_small: StyleFlowContent, golden: 
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
     # The style path is live: another clip's embedding changes the logit.
     assert (swapped - batched).abs().min() > 1e-3
+
+
+# ------------------------------------------------------------------------ the three SAM readings
+
+
+def _content_with(reading: str) -> StyleFlowContent:
+    model = models.create_model("styleflow_content", sam_reading=reading, **SMALL)
+    assert isinstance(model, StyleFlowContent)
+    return fill_seeded(model, SEED, RENAME).eval()  # type: ignore[return-value]
+
+
+def test_sam_readings_match_the_authors_commented_lines(golden: dict[str, torch.Tensor]) -> None:
+    # Each STA call of the commented lines, switched on in the authors' module (same weights,
+    # same inputs as the default golden) -> the logits of the reading with that name.
+    expected = load_file(str(READINGS_GOLDEN))
+    assert set(expected) == {f"logits_{name}" for name in SAM_READINGS}
+    got = {}
+    for name in SAM_READINGS:
+        with torch.no_grad():
+            got[name] = _content_with(name).forward_logits(golden["video"], golden["style"])
+        torch.testing.assert_close(got[name], expected[f"logits_{name}"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got["content_style_style"], golden["logits"], atol=1e-4, rtol=0)
+    # The readings are different models on the same weights.
+    names = sorted(got)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert (got[a] - got[b]).abs().max() > 1e-2, (a, b)
+
+
+@pytest.mark.parametrize("reading", sorted(SAM_READINGS))
+def test_every_reading_loads_the_stage2_layout_strictly(reading: str, tmp_path: Path) -> None:
+    full: Any = models.create_model("styleflow_content", device="meta", sam_reading=reading, checkpoint={
+        "model": {k: torch.empty(s, device="meta") for k, s in json.loads(KEYS.read_text()).items()}})
+    assert full.load_report.ok and full.load_report.loaded == 283
+    path = tmp_path / "finetuning.pth"
+    torch.save({"model": _seeded_content_state()}, path)
+    small: Any = models.create_model("styleflow_content", checkpoint=path, sam_reading=reading, **SMALL)
+    assert small.load_report.ok and small.cfg.sam_reading == reading
+    composite: Any = models.create_model("styleflow", device="meta", content={"sam_reading": reading})
+    assert composite.content.cfg.sam_reading == reading
+
+
+def test_unknown_reading_is_refused() -> None:
+    with pytest.raises(ValueError, match="sam_reading"):
+        models.create_model("styleflow_content", device="meta", sam_reading="style_content_content")
 
 
 def test_content_rejects_bad_shapes(content_small: StyleFlowContent, golden: dict[str, torch.Tensor]) -> None:

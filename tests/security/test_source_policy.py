@@ -31,6 +31,7 @@ from stream_monitor.ingest import open_source
 from stream_monitor.ingest.base import SOURCES
 from stream_monitor.ingest.policy import PROTOCOLS, SCHEMES, HostPolicy, RootPolicy, SourceGuard, open_beneath
 from stream_monitor.ingest.rtsp_relay import RelayRefused, ServerStream
+from tests.support import api as support_api
 from tests.support.listeners import RecordingListener
 from tests.support.polling import until_async
 from tests.support.servers import RedisServer
@@ -152,15 +153,7 @@ async def _monitor(tmp_path: Path, redis_url: str | None = None, **api: Any) -> 
     return monitor
 
 
-class Api:
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.s, self.base = session, f"http://127.0.0.1:{port}"
-
-    async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
-        async with self.s.request(method, self.base + path, headers={"Authorization": f"Bearer {TOKEN}"},
-                                  **kw) as resp:
-            return resp.status, (await resp.json()) if resp.content_type == "application/json" else await resp.text()
-
+class Api(support_api.Api):
     async def ended_with(self, stream_id: str, timeout: float = 20.0) -> str:
         """The ``last_error`` of a stream once it has ended."""
         async def ended() -> bool:
@@ -176,7 +169,7 @@ def _attack(tmp_path: Path, attack: Any, redis_url: str | None = None, **api: An
         monitor = await _monitor(tmp_path, redis_url, **api)
         try:
             async with aiohttp.ClientSession() as session:
-                await attack(Api(session, monitor.api_port or 0))
+                await attack(Api(session, monitor.api_port or 0, TOKEN))
         finally:
             await monitor.stop(grace=5)
     asyncio.run(main())

@@ -13,6 +13,7 @@ import pytest
 
 from stream_monitor.app import Monitor
 from stream_monitor.config import load_config
+from tests.support import api as support_api
 from tests.support.small import small_config
 
 TOKEN = "s3cret-token"
@@ -58,18 +59,9 @@ async def _monitor(tmp_path: Path, **sections: Any) -> Monitor:
     return monitor
 
 
-class Api:
+class Api(support_api.Api):
     def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.s, self.base = session, f"http://127.0.0.1:{port}"
-
-    async def call(self, method: str, path: str, token: str | None = TOKEN, **kw: Any) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        headers.update(kw.pop("headers", {}))
-        async with self.s.request(method, self.base + path, headers=headers, **kw) as resp:
-            body: Any = await resp.text()
-            if resp.content_type == "application/json":
-                body = await resp.json()
-            return resp.status, body
+        super().__init__(session, port, TOKEN)
 
 
 @pytest.fixture

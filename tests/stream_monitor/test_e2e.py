@@ -22,18 +22,10 @@ from stream_monitor.app import Monitor
 from stream_monitor.config import load_config
 from tests.support.polling import until, until_async
 from tests.support.rtsp import RtspServer
+from tests.support.api import alert_log
 from tests.support.servers import RedisServer
 from tests.support.schema import check_schema, metric
 from tests.support.small import small_config
-
-async def _stream_alerts(url: str) -> list[dict[str, Any]]:
-    client = aioredis.Redis.from_url(url)
-    try:
-        entries = await client.xrange("deepfake:alerts")
-    finally:
-        await client.aclose()
-    return [json.loads(fields[b"alert"]) for _, fields in entries]
-
 
 @pytest.fixture
 def long_face_video(tmp_path: Path) -> Path:
@@ -82,7 +74,7 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
         out: dict[str, Any] = {}
         try:
             async def enough_alerts() -> bool:
-                return len([a for a in await _stream_alerts(redis.url) if a["stream_id"] == "cam1"]) >= 3
+                return len([a for a in await alert_log(redis.url) if a["stream_id"] == "cam1"]) >= 3
 
             await until_async(enough_alerts, 60, "first alerts in the Redis Stream", interval=0.25)
             await until(lambda: len(live) >= 3, 10, "alerts on Pub/Sub", interval=0.25)
@@ -128,7 +120,7 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
             await asyncio.gather(listener, return_exceptions=True)
             await pubsub.aclose()
             await sub.aclose()
-        out["stream"] = await _stream_alerts(redis.url)
+        out["stream"] = await alert_log(redis.url)
         out["live"] = live
         return out
 

@@ -76,7 +76,7 @@ def test_threshold_zero_always_alerts() -> None:
 
 
 def test_payload_schema() -> None:
-    policy = _policy(start_after=1, calibrated=False)
+    policy = _policy(start_after=1)  # no calibration file: "calibrated": false
     policy.on_score(_score(0.4, 1.0, det="caddm"))
     (ev,) = policy.on_score(_score(0.9, 2.0, det="sta"))
     p = ev.payload
@@ -96,3 +96,41 @@ def test_bad_config() -> None:
         PolicyConfig(start_after=0)
     with pytest.raises(ValueError):
         PolicyConfig(weights={"sta": -1.0})
+
+
+def _at(p: float, t: float, track: int, bbox: tuple[float, float, float, float]) -> Score:
+    return Score("cam1", track, "sta", p, start_pts=t - 0.5, end_pts=t, frames=8, last_arrival=t, bbox=bbox)
+
+
+def test_a_face_re_tracked_under_new_ids_respects_the_cooldown() -> None:
+    """The tracker loses the same face every 1.5 s and finds it again as a new track: one
+    incident per cooldown, not one per track (issue 14, part 6)."""
+    policy = _policy(start_after=1, end_after=5, cooldown_s=10.0)
+    face = (100.0, 100.0, 200.0, 220.0)
+    starts = []
+    t = 0.0
+    for track in range(1, 11):  # 15 s of stream time, a new track id every 1.5 s
+        for _ in range(3):
+            t += 0.5
+            moved = (face[0] + track, face[1], face[2] + track, face[3])  # drifting a little
+            starts += [e for e in policy.on_score(_at(0.95, t, track, moved)) if e.event == "start"]
+        policy.on_track_end("cam1", track)
+    # The first incident ends with its track at 1.5 s; the next may start 10 s later.
+    assert [e.payload["window"]["end_pts"] for e in starts] == [0.5, 11.5]
+    # A face elsewhere in the picture is not held back by it.
+    other = policy.on_score(_at(0.95, t + 0.5, 99, (400.0, 100.0, 500.0, 220.0)))
+    assert [e.event for e in other] == ["start"]
+    # A new session (stream time restarts) is not held back by the last one's cooldowns.
+    assert [e.event for e in policy.on_score(_at(0.95, 0.5, 100, face))] == ["start"]
+
+
+def test_cooldown_zones_stay_bounded() -> None:
+    policy = _policy(start_after=1, end_after=1, cooldown_s=2.0)
+    for track in range(500):
+        t = float(track)
+        box = (float(track * 300 % 3000), 0.0, float(track * 300 % 3000 + 100), 100.0)
+        policy.on_score(_at(0.95, t, track, box))
+        policy.on_track_end("cam1", track)
+    assert len(policy._zones["cam1"]) <= 3
+    policy.forget_stream("cam1")
+    assert "cam1" not in policy._zones and policy.active_incidents() == 0

@@ -13,21 +13,13 @@ from stream_monitor.alerts.policy import AlertEvent
 from stream_monitor.alerts.publisher import FanOut, JsonLinesSink, RedisPublisher
 from stream_monitor.metrics import Metrics
 from stream_monitor.retry import Backoff
+from tests.support.api import alert_log
 from tests.support.polling import sample
 from tests.support.servers import RedisServer
 
 
 def _event(i: int, stream: str = "cam1", alert: str = "a1") -> AlertEvent:
     return AlertEvent({"alert_id": alert, "event": "update" if i else "start", "seq": i, "stream_id": stream}, 0.0)
-
-
-async def _stream_entries(url: str, key: str = "deepfake:alerts") -> list[dict[str, Any]]:
-    client = aioredis.Redis.from_url(url)
-    try:
-        entries = await client.xrange(key)
-    finally:
-        await client.aclose()
-    return [json.loads(fields[b"alert"]) for _, fields in entries]
 
 
 def test_stream_and_pubsub(redis_server: RedisServer) -> None:
@@ -54,7 +46,7 @@ def test_stream_and_pubsub(redis_server: RedisServer) -> None:
         await sub.aclose()
         assert [c for c, _ in got] == [b"deepfake:alerts:cam1"] * 3
         assert [p["seq"] for _, p in got] == [0, 1, 2]
-        assert [p["seq"] for p in await _stream_entries(redis_server.url)] == [0, 1, 2]
+        assert [p["seq"] for p in await alert_log(redis_server.url)] == [0, 1, 2]
         assert sample(metrics, "stream_monitor_alerts_total", stream="cam1", event="update") == 2
         assert sample(metrics, "stream_monitor_alert_latency_seconds_count") == 3
         assert sample(metrics, "stream_monitor_alerts_pending") == 0
@@ -84,14 +76,14 @@ def test_outage_delays_but_loses_nothing(redis_server: RedisServer) -> None:
                 break
             await asyncio.sleep(0.1)
         await pub.close()
-        seqs = [p["seq"] for p in await _stream_entries(redis_server.url)]
+        seqs = [p["seq"] for p in await alert_log(redis_server.url)]
         # Event 0 went to the first server; every event from the outage arrives, in order.
         assert seqs[-39:] == list(range(1, 40)) and pub.dropped == 0
 
     asyncio.run(main())
 
 
-def test_outbox_bound_drops_oldest_and_counts(tmp_path: Any) -> None:
+def test_outbox_bound_drops_updates_before_start_and_end(tmp_path: Any) -> None:
     async def main() -> None:
         metrics = Metrics()
         pub = RedisPublisher("redis://127.0.0.1:9/0", outbox_max=5, metrics=metrics, socket_timeout=0.2,
@@ -100,9 +92,12 @@ def test_outbox_bound_drops_oldest_and_counts(tmp_path: Any) -> None:
         for i in range(8):
             pub.publish(_event(i))
         assert pub.pending == 5 and pub.dropped == 3
-        assert [e.payload["seq"] for e in pub.queued()] == [3, 4, 5, 6, 7]
-        assert sample(metrics, "stream_monitor_alerts_dropped_total") == 3
+        # The incident's start (seq 0) stays; the oldest updates made room.
+        assert [e.payload["seq"] for e in pub.queued()] == [0, 4, 5, 6, 7]
+        assert sample(metrics, "stream_monitor_alerts_dropped_total", reason="overflow") == 3
         await pub.close(timeout=0.3)
+        # Without a spool, what is undelivered at exit is lost and counted as such.
+        assert sample(metrics, "stream_monitor_alerts_dropped_total", reason="shutdown") == 5
 
     asyncio.run(main())
 

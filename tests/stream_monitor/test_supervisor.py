@@ -7,6 +7,7 @@ sources are scripted so every path (stall, drop, backpressure, backoff, stop) is
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from typing import Awaitable, Callable, Iterator
@@ -19,6 +20,7 @@ from stream_monitor.errors import SourceError
 from stream_monitor.ingest import StreamSupervisor
 from stream_monitor.ingest.base import Source
 from stream_monitor.metrics import Metrics
+from stream_monitor.retry import Backoff
 from stream_monitor.types import Frame
 from tests.support.polling import sample, until
 
@@ -226,6 +228,33 @@ def test_failing_live_source_retries_with_growing_backoff() -> None:
     assert sup.status()["reconnects"] == 3
     assert sample(metrics, "stream_monitor_stream_reconnects_total", stream="s") == 3
     assert rec.sessions == [1]
+
+
+def test_a_flapping_source_keeps_backing_off() -> None:
+    """Sessions that deliver a few frames and drop do not reset the backoff; a stable one does."""
+    flapping = [ScriptedSource(i, fail_after=2, fps=200) for i in (1, 2, 3, 4)]
+    healthy = ScriptedSource(5, fps=200)
+    opener, rec, metrics = Opener(*flapping, healthy), Recorder(), Metrics()
+    sup = _supervisor(opener, rec, metrics, stable_after_s=5.0,
+                      reconnect=BackoffConfig(initial_s=0.1, max_s=1.0, multiplier=2.0, jitter=0.0))
+
+    async def main() -> None:
+        task = asyncio.create_task(sup.run())
+        await until(lambda: len(rec.sessions) == 5, 10, "the fifth session")
+        await sup.stop()
+        await task
+
+    _run(main)
+    gaps = np.diff(opener.calls)
+    # 0.1, 0.2, 0.4, 0.8 s: every flap counts as a failure even though it delivered frames.
+    assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and gaps[2] >= 0.36 and gaps[3] >= 0.72, gaps
+
+
+def test_backoff_caps_with_its_jitter() -> None:
+    backoff = Backoff(initial=1.0, maximum=30.0, multiplier=2.0, jitter=0.2)
+    rng = random.Random(7)
+    delays = [backoff.delay(attempt, rng) for attempt in range(3, 2000) for _ in range(3)]
+    assert max(delays) <= 30.0 and min(delays[-100:]) >= 24.0
 
 
 def test_stop_returns_promptly_while_a_read_hangs() -> None:

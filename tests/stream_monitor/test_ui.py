@@ -1,7 +1,7 @@
 """The operator page: its HTTP feeds over real HTTP, and the page itself in headless Chromium.
 
 Feeds (plain aiohttp clients on loopback): the page and its files are served without a
-token while the data needs one (header, or ``?access_token=`` for GETs only); ``/events``
+token while the data needs one (header, or ``?access_token=`` on the live feeds only); ``/events``
 sends config, streams, live faces and alerts, from the in-process broadcast without Redis
 and from Redis Pub/Sub with it (a foreign worker's alert published straight into Redis
 shows up, so the feed really is Pub/Sub), survives a Redis outage, and releases its
@@ -151,10 +151,12 @@ def test_page_is_public_and_data_needs_the_token(tmp_path: Path) -> None:
 
                 assert await status("GET", "/streams") == 401
                 assert await status("GET", "/streams", headers=bearer()) == 200
-                assert await status("GET", f"/streams?access_token={TOKEN}") == 200
-                assert await status("GET", "/streams?access_token=wrong") == 401
-                assert await status("GET", "/streams?access_token=wrong", headers=bearer()) == 200  # the header wins
-                assert await status("GET", f"/streams?access_token={TOKEN}", headers=bearer("wrong")) == 401
+                live = "/streams/x/live.mjpeg"  # 404 (no such stream) once past the token check
+                assert await status("GET", f"{live}?access_token=wrong") == 401
+                assert await status("GET", f"{live}?access_token=wrong", headers=bearer()) == 404  # the header wins
+                assert await status("GET", f"{live}?access_token={TOKEN}", headers=bearer("wrong")) == 401
+                # Only the live feeds take the query token: the data routes want the header.
+                assert await status("GET", f"/streams?access_token={TOKEN}") == 401
                 assert await status("GET", "/events") == 401
                 assert await status("GET", "/streams/x/live.mjpeg") == 401
                 assert await status("GET", f"/streams/x/live.mjpeg?access_token={TOKEN}") == 404

@@ -7,17 +7,25 @@ from typing import Any
 SCHEMA = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
           "threshold": float, "detectors": dict, "window": dict, "bbox": list, "calibrated": bool, "models": dict,
           "emitted_at": str, "worker": str}
+# Added to every event when a calibration file (detectors.calibration) is applied.
+CALIBRATED = {"fpr": float, "raw": dict}
 
 
-def check_schema(alert: dict[str, Any]) -> None:
-    assert set(alert) == set(SCHEMA), sorted(set(alert) ^ set(SCHEMA))
-    for key, kind in SCHEMA.items():
+def check_schema(alert: dict[str, Any], calibrated: bool = False) -> None:
+    """The alert event schema of random-weight small detectors; ``calibrated``: with a
+    calibration file fitted for them (``fpr`` and ``raw`` added, ``calibrated`` true)."""
+    schema = {**SCHEMA, **CALIBRATED} if calibrated else SCHEMA
+    assert set(alert) == set(schema), sorted(set(alert) ^ set(schema))
+    for key, kind in schema.items():
         value = alert[key]
         assert isinstance(value, kind) or (kind is float and isinstance(value, int)), (key, value)
     assert alert["event"] in ("start", "update", "end")
     assert set(alert["window"]) == {"start_pts", "end_pts", "frames"} and alert["window"]["frames"] >= 1
-    assert len(alert["bbox"]) == 4 and alert["calibrated"] is False
+    assert len(alert["bbox"]) == 4 and alert["calibrated"] is calibrated
     assert alert["detectors"] and all(0.0 <= p <= 1.0 for p in alert["detectors"].values())
+    if calibrated:
+        assert set(alert["raw"]) == set(alert["detectors"]) and all(0.0 <= p <= 1.0 for p in alert["raw"].values())
+        assert 0.0 < alert["fpr"] < 1.0
     assert all(v.endswith("@random") for v in alert["models"].values()) and set(alert["models"]) <= {"caddm", "sta"}
 
 

@@ -47,9 +47,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 class RedisServer:
-    """A real ``redis-server`` on 127.0.0.1; ``stop()``/``start()`` keep the same port."""
+    """A real ``redis-server`` on 127.0.0.1; ``stop()``/``start()`` keep the same port.
 
-    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False) -> None:
+    ``launcher``: a command that ends by exec'ing ``redis-server`` with the arguments it is
+    given (deploy/redis/start.sh), run with ``env``; ``username``/``password``: the ACL user
+    that :attr:`url` and the readiness ping authenticate as."""
+
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False,
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
@@ -59,22 +65,37 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
         # persistent: an fsync'ed append-only file, so data survives stop()/start().
         self.persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+        self.launcher = launcher or [exe]
+        self.env = env
+        self.username, self.password = username, password
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f"{self.username}:{self.password}@" if self.password is not None else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", *self.persistence,
+            [*self.launcher, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", *self.persistence,
              "--dir", str(self.workdir), "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.ping, 10, "redis-server")
 
     def ping(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+        auth = b""
+        if self.password is not None:
+            auth = f"AUTH {self.username or 'default'} {self.password}\r\n".encode()
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(auth + b"PING\r\n")
+            reply = b""
+            while reply.count(b"\r\n") < (2 if auth else 1):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.endswith(b"+PONG\r\n")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -6,15 +6,18 @@ Usage::
         --out tests/models/data [--full]
 
 Writes ``keys_styleflow_content.json`` (key -> shape of the authors' ``I3D8x8`` built at
-full size) and ``golden_styleflow_content.safetensors`` (small configuration, seeded
-weights from ``tests/models/seeded.py``). ``--full`` also runs the full-size model (one
-32×224² clip, one 16384-d style embedding) through the authors' module and ours on CPU
-and prints the max abs difference of logit and probability.
+full size), ``golden_styleflow_content.safetensors`` (small configuration, seeded
+weights from ``tests/models/seeded.py``) and ``golden_styleflow_content_readings.safetensors``
+(the logits of the same model and inputs under each of the three ``STA`` calls of the
+commented lines). ``--full`` also runs the full-size model (one 32×224² clip, one
+16384-d style embedding) through the authors' module and ours on CPU and prints the max
+abs difference of logit and probability.
 
 The authors' ``TransformerHead.forward`` has its style path commented out. This script
 drives their own sub-modules (trunk, ``pool``, ``STA``, ``time_T``) in the wiring those
-commented lines describe (see ``authors_forward``), which is the reading
-``models.styleflow`` implements.
+commented lines describe (see ``authors_forward``; ``READINGS`` are the file's three
+``STA`` calls), which is what ``models.styleflow`` implements (``sam_reading``).
+The deployed, content-only model is ``tools/parity/styleflow_truemedia.py``'s.
 
 Tool-only dependencies (not needed by the test suite): ``yacs`` and ``einops``
 (``pip install yacs einops``). ``fvcore`` and ``simplejson``, which the authors' slowfast
@@ -50,7 +53,7 @@ SMALL_BATCH = 2
 SEED_RENAME = {"resnet.head.time_T.mlp_head.0.weight": "resnet.head.time_T.mlp_head.0.norm.weight"}
 
 
-def _install_stubs() -> None:
+def install_stubs() -> None:
     """Stand-ins for fvcore / simplejson, used by slowfast only for registry, logging, init."""
     from yacs.config import CfgNode
 
@@ -91,7 +94,7 @@ def _install_stubs() -> None:
 def import_authors(ref: Path) -> types.ModuleType:
     """Import ``StyleFlow/model/ftcn (for Styleflow).py`` from the TrueMedia checkout."""
     root = ref / "StyleFlow" if (ref / "StyleFlow").is_dir() else ref
-    _install_stubs()
+    install_stubs()
     sys.path.insert(0, str(root))
     path = root / "model" / "ftcn (for Styleflow).py"
     spec = importlib.util.spec_from_file_location("model.ftcn_for_styleflow", path)
@@ -136,21 +139,32 @@ def build_authors(mod: types.ModuleType, width: int = 64, clip_len: int = 32, in
     return model.eval()
 
 
-def _styled_head_forward(head: Any, style: torch.Tensor, x: list[torch.Tensor]) -> torch.Tensor:
+#: The three ``STA`` calls of the commented lines, as written there (x_c: content tokens,
+#: codes: the style embedding reshaped to the tokens' shape) -> (query, key, value).
+READINGS: dict[str, Any] = {
+    "content_style_style": lambda x_c, codes: (x_c, codes, codes),    # codes, _ = self.STA(x_c, codes, codes)
+    "content_content_style": lambda x_c, codes: (x_c, x_c, codes),    # codes, _ = self.STA(x_c, x_c, codes)
+    "style_style_content": lambda x_c, codes: (codes, codes, x_c),    # codes, _ = self.STA(codes, codes, x_c)
+}
+
+
+def _styled_head_forward(head: Any, style: torch.Tensor, reading: str, x: list[torch.Tensor]) -> torch.Tensor:
     """Their ``TransformerHead.forward`` with the commented ``ftcn + StyleGRU`` / ``SAM``
-    lines switched on: tokens -> ``STA(tokens, codes, codes)`` -> add -> ``time_T``."""
+    lines switched on: tokens -> ``STA(...)`` per ``reading`` -> add -> ``time_T``."""
     x0 = head.pool(x[0])
     tokens = x0.reshape(-1, head.in_channels, head.num_patches).permute(0, 2, 1)
-    codes = style.reshape(tokens.size())
-    codes, _ = head.STA(tokens.clone(), codes, codes)
+    x_c = tokens.clone()
+    codes = style.reshape(x_c.size())
+    codes, _ = head.STA(*READINGS[reading](x_c, codes))
     return head.time_T(tokens + codes)
 
 
 @torch.no_grad()
-def authors_forward(model: Any, video: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+def authors_forward(model: Any, video: torch.Tensor, style: torch.Tensor,
+                    reading: str = "content_style_style") -> torch.Tensor:
     """Logit ``[N]`` of the authors' module for ``video`` [N,3,T,H,W] and style ``[N, D]``."""
     head = model.resnet.head
-    head.forward = partial(_styled_head_forward, head, style)
+    head.forward = partial(_styled_head_forward, head, style, reading)
     try:
         return model(video.clone())
     finally:
@@ -191,6 +205,24 @@ def write_golden(mod: types.ModuleType, out: Path) -> None:
                   "input": "video [N,3,T,S,S] ~N(0,1) (ImageNet-normalised scale), style [N,D] ~N(0,1)",
                   "source": "authors' I3D8x8 (TrueMedia copy) with the commented SAM lines switched on; "
                             "tools/parity/styleflow_content.py"})
+    print(f"{path}: {path.stat().st_size} bytes")
+    write_readings_golden(model, video, style, out)
+
+
+def write_readings_golden(model: Any, video: torch.Tensor, style: torch.Tensor, out: Path) -> None:
+    """Logits of the golden model and inputs under each ``STA`` call (a few bytes: the
+    inputs are those of ``golden_styleflow_content.safetensors``)."""
+    from safetensors.torch import save_file
+
+    logits = {f"logits_{name}": authors_forward(model, video, style, name).contiguous() for name in READINGS}
+    for name, value in logits.items():
+        print(name, value.tolist())
+    path = out / "golden_styleflow_content_readings.safetensors"
+    save_file(logits, str(path), metadata={
+        "model": "styleflow_content", "inputs": "video and style of golden_styleflow_content.safetensors",
+        "overrides": json.dumps(SMALL), "seed": str(SEED), "rename": json.dumps(SEED_RENAME),
+        "source": "authors' I3D8x8 (TrueMedia copy), each of the three commented STA calls switched on; "
+                  "tools/parity/styleflow_content.py"})
     print(f"{path}: {path.stat().st_size} bytes")
 
 
