@@ -131,14 +131,14 @@ class ShapePredictor:
     """
 
     def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FaceBackendError(f"shape predictor file {self.path} does not exist")
         try:
             import dlib
         except ImportError as exc:
             raise FaceBackendError(f"dlib is not installed ({exc}); pip install dlib-bin") from None
         self._dlib: Any = dlib
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FaceBackendError(f"shape predictor file {self.path} does not exist")
         try:
             self._predictor = dlib.shape_predictor(str(self.path))
         except RuntimeError as exc:

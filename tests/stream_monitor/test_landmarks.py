@@ -104,13 +104,13 @@ def test_config_fields_and_refusals(tmp_path: Path) -> None:
     missing = tmp_path / "none.dat"
     with pytest.raises(FaceBackendError, match="does not exist"):
         create_landmarker("dlib81", {"sta": None}, dlib81_model=missing)
-    if dlib_available():
-        with pytest.raises(FaceBackendError, match="does not exist"):
-            create_landmarker("dlib68", {"sta": None}, dlib68_model=missing)
-        junk = tmp_path / "junk.dat"
-        junk.write_bytes(b"not a predictor")
-        with pytest.raises(FaceBackendError, match="not a dlib shape predictor"):
-            create_landmarker("dlib68", {"sta": None}, dlib68_model=junk)
+    with pytest.raises(FaceBackendError, match="does not exist"):
+        create_landmarker("dlib68", {"sta": None}, dlib68_model=missing)  # a configured file: no fallback
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"not a predictor")
+    with pytest.raises(FaceBackendError, match="not a dlib shape predictor" if dlib_available() else
+                       "dlib is not installed"):
+        create_landmarker("dlib68", {"sta": None}, dlib68_model=junk)
 
 
 def test_default_without_the_model_falls_back_with_one_line(tmp_path: Path) -> None:
