@@ -27,7 +27,7 @@ points (RetinaFace's, which MTCNN's and SCRFD's stand for) unless configured oth
   :attr:`~stream_monitor.inference.analysis.StreamAnalysis.landmark_fallbacks`).
 
 Everything here runs on the inference worker thread, one predictor call per face, all faces
-of a frame in one job (≈ 2.5–4 ms per face on one core, BENCHMARKS.md).
+of a frame in one job (about 2–3.5 ms per face on one core, BENCHMARKS.md).
 """
 
 from __future__ import annotations
