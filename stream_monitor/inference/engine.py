@@ -52,6 +52,7 @@ import models
 from ..calibration import Calibration, load_calibration
 from ..config import Config, DetectorsConfig
 from ..faces.detect import FaceDetector, create_detector
+from ..faces.landmarks import Landmarker, create_landmarker
 from ..faces.roi import RegionDetector
 from ..metrics import Metrics
 from ..types import BBox, Clip, Frame
@@ -125,6 +126,7 @@ class Engine:
         self._streams: dict[str, StreamAnalysis] = {}
         self._gates: dict[str, DetectionGate] = {}  # loop thread only (analyse runs there)
         self.regions: RegionDetector | None = None
+        self.landmarker: Landmarker | None = None  # faces.landmarks: dlib's fits for the authors' keypoints
         self._last_full: dict[str, float] = {}  # worker thread: pts of each stream's last full-frame pass
         self._faces: Batcher[DetectRequest, FrameAnalysis] | None = None
         self._lanes: dict[str, Batcher[Clip, float]] = {}
@@ -187,6 +189,9 @@ class Engine:
                      "weights", dcfg.calibration, calibration.fpr_target, calibration.method, calibration.level)
             self.calibration = calibration
         self.face_detector = create_detector(self.cfg.faces, self.device)
+        fc = self.cfg.faces
+        self.landmarker = create_landmarker(fc.landmarks, {d: dcfg.detector(d).landmarks for d in dcfg.enabled},
+                                            fc.dlib68_model, fc.dlib81_model)
         self.regions = RegionDetector(self.face_detector, self.cfg.faces)
         if self.cfg.faces.roi.enabled and not self.regions.enabled:
             log.info("faces.roi: backend %s detects at a fixed input size; every frame is detected in full",
@@ -285,7 +290,7 @@ class Engine:
 
         def open_() -> None:
             self._streams[stream_id] = StreamAnalysis(stream_id, self.runners, tc.iou_threshold, tc.max_missed,
-                                                      self.align_device)
+                                                      self.align_device, self.landmarker)
 
         await self._on_worker(open_)
         self._gates[stream_id] = self.detection_gate()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from skimage.transform import SimilarityTransform
 
 import models
-from models.align import adapt_keypoints, fit_cp2tform, fit_umeyama
+from models.align import adapt_keypoints, caddm_fit, caddm_matrix, deepfakebench_target32, fit_cp2tform
 from stream_monitor.faces.align import Aligner, context_box
 from stream_monitor.types import FaceObs, WindowItem
 
@@ -32,14 +33,38 @@ def test_context_box_follows_ftcn() -> None:
 
 
 def test_per_frame_crop_is_the_authors_warp() -> None:
+    """StA: scikit-image's fit of float32 points onto the float32 template, then warpAffine."""
     card = models.create_model("sta_clip_vitl14", device="meta").card
     t = card.template
     image, face = _frame(0), _face(0)
     crop, origin = Aligner(t).patch(image, face)
     pts = adapt_keypoints(face.points.astype(np.float64), np.asarray(t.keypoint_offsets))
-    ref = cv2.warpAffine(image, fit_umeyama(pts, np.asarray(t.points)), (t.size, t.size))
+    tform = SimilarityTransform.from_estimate(pts.astype(np.float32), deepfakebench_target32(t.size))
+    ref = cv2.warpAffine(image, tform.params[:2], (t.size, t.size))
     assert origin == (0, 0) and crop.shape == (t.size, t.size, 3)
     np.testing.assert_array_equal(crop, ref)
+    # The given authors' keypoints replace the adapted detector points.
+    theirs = face.points.astype(np.float64) + 3.0
+    tform = SimilarityTransform.from_estimate(theirs.astype(np.float32), deepfakebench_target32(t.size))
+    np.testing.assert_array_equal(Aligner(t).patch(image, face, theirs)[0],
+                                  cv2.warpAffine(image, tform.params[:2], (t.size, t.size)))
+
+
+def test_caddm_crop_is_the_composed_perspective_warp() -> None:
+    """CADDM: one warpPerspective of M3·M2·M1, where at test time M2 is the identity and M3
+    nearly so (float32 rounding of the identity stretches leaves 1e-9 in its perspective
+    row) — not warpAffine of M1, which differs by up to several grey levels. The authors'
+    own function is compared in test_crop_parity.py."""
+    t = models.create_model("caddm_efficientnet_b4", device="meta").card.template
+    image, face = _frame(1), _face(0)
+    crop, _ = Aligner(t).patch(image, face)
+    m1 = caddm_fit(face.points.astype(np.float64), np.asarray(t.points))
+    m = caddm_matrix(face.points.astype(np.float64), t, t.size)
+    assert m.shape == (3, 3) and 0 < np.abs(m[2, :2]).max() < 1e-8 and abs(m[2, 2] - 1) < 1e-5
+    np.testing.assert_allclose(m[:2], m1, rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(crop, cv2.warpPerspective(image, m, (t.size, t.size)))
+    affine = cv2.warpAffine(image, m1, (t.size, t.size))
+    assert (affine != crop).any(), "expected warpAffine to differ somewhere (else this test proves nothing)"
 
 
 def test_per_clip_crops_equal_the_black_canvas_warp() -> None:
