@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ..alerts.publisher import Broadcast
 from ..redis_client import redis_client
 from ..retry import Backoff
-from .limits import AtLimit, Slots, refused
+from .limits import Slots, within
 
 if TYPE_CHECKING:
     from ..app import Monitor
@@ -224,14 +224,7 @@ def add_event_routes(app: web.Application) -> None:
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         if request.method == "HEAD":
             return web.Response(headers=headers)  # no body: never enter the endless loop
-        try:
-            slots.acquire()
-        except AtLimit as exc:
-            return refused(exc, monitor.cfg.api.retry_after_s)
-        try:
-            return await feed(request, headers)
-        finally:
-            slots.release()
+        return await within(slots, monitor.cfg.api.retry_after_s, lambda: feed(request, headers))
 
     async def feed(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
         closing = request.app[CLOSING]

@@ -19,7 +19,7 @@ The HTTP listeners' own limits (slow headers, idle and too many connections) are
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator, cast
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterator, cast
 
 from aiohttp import web
 
@@ -55,6 +55,20 @@ class Slots:
 
     def release(self) -> None:
         self.held -= 1
+
+
+async def within(slots: Slots, retry_after_s: int,
+                 respond: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """``respond()``'s answer while holding one of ``slots`` (released when it returns, the
+    client left or the server stops), or the 503 refusal when none is free."""
+    try:
+        slots.acquire()
+    except AtLimit as exc:
+        return refused(exc, retry_after_s)
+    try:
+        return await respond()
+    finally:
+        slots.release()
 
 
 class StreamCap:

@@ -30,7 +30,7 @@ from ..pipeline import StreamPipeline
 from ..types import Frame
 from .auth import error
 from .events import CLOSING, add_event_routes
-from .limits import AtLimit, Slots, refused
+from .limits import Slots, within
 
 if TYPE_CHECKING:
     from ..app import Monitor, StreamHandle
@@ -108,14 +108,7 @@ def add_ui_routes(app: web.Application) -> None:
                    "X-Content-Type-Options": "nosniff"}
         if request.method == "HEAD":
             return web.Response(headers=headers)  # no body: never enter the endless loop
-        try:
-            slots.acquire()
-        except AtLimit as exc:
-            return refused(exc, monitor.cfg.api.retry_after_s)
-        try:
-            return await feed(request, handle, headers)
-        finally:
-            slots.release()
+        return await within(slots, monitor.cfg.api.retry_after_s, lambda: feed(request, handle, headers))
 
     async def feed(request: web.Request, handle: "StreamHandle", headers: dict[str, str]) -> web.StreamResponse:
         stream_id = handle.id
