@@ -9,7 +9,8 @@ Shared by the RTSP and file sources. Contract of :func:`read_video`:
   frame's stream time in seconds (``frame.time``; when missing, the previous pts plus one
   frame period, i.e. ``index / rate`` for a stream without timestamps), ``arrival`` the
   wall-clock time after decoding and ``image`` uint8 RGB ``[H, W, 3]``;
-- with ``pace=True`` sleeps so frames leave at their pts rate (real-time file playback);
+- with ``pace=True`` sleeps so frames leave at their pts rate (real-time file playback); a
+  callable ``pace`` is asked once the container is open (after ``on_open``);
 - returns at end of stream or when ``stop`` is set (checked between frames), and always
   closes the container itself: closing it from another thread while FFmpeg is inside a
   read would be a use-after-free;
@@ -267,7 +268,7 @@ def _decoder_in_use(stream_id: str, stream: VideoStream, setting: HWAccelSetting
 
 def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, str] | None = None,
                open_timeout: float | None = None, read_timeout: float | None = None,
-               stop: threading.Event | None = None, pace: bool = False,
+               stop: threading.Event | None = None, pace: bool | Callable[[], bool] = False,
                hwaccel: HWAccelSetting = "none", io_open: IoOpen | None = None,
                on_open: Callable[[av.container.InputContainer], None] | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Frame]:
@@ -288,6 +289,8 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
         stream = _first_video(container, shown, max_pixels)
         if on_open is not None:
             on_open(container)
+        if callable(pace):
+            pace = pace()
         decoder = _decoder_in_use(stream_id, stream, hwaccel, device, why)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         period = 1.0 / float(rate) if rate else 1.0 / 25.0

@@ -77,8 +77,12 @@ class FileSource:
         """The file's frames in order; paced in real time when ``live``."""
         return read_video(self.stream_id, self.target, shown=self.shown, options=self.options,
                           open_timeout=self.open_timeout, read_timeout=self.read_timeout,
-                          stop=self._stop, pace=self.live and self.finite, hwaccel=self.cfg.hwaccel,
+                          stop=self._stop, pace=self._paced, hwaccel=self.cfg.hwaccel,
                           io_open=self.io_open, max_pixels=self.cfg.max_pixels, on_open=self._opened)
+
+    def _paced(self) -> bool:
+        # A live feed arrives at its own pace; a file played as a camera is paced by its pts.
+        return self.live and self.finite
 
     def _opened(self, container: av.container.InputContainer) -> None:
         # Decode thread, before the first frame: the supervisor reads live/finite after that.
