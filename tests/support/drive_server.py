@@ -55,7 +55,12 @@ class FakeDrive:
                 pass
 
             def do_GET(self) -> None:
-                drive._handle(self)
+                try:
+                    drive._handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client hung up mid-body (it refuses oversized downloads): a real server
+                    # notes nothing, and socketserver's traceback would land in the CLI's stderr.
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
