@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 import zlib
+from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 _NORM_HINTS = ("bn", "norm", "ln", ".bn", "batchnorm")
@@ -66,3 +68,9 @@ def fill_seeded(model: nn.Module, seed: int = 0, rename: Mapping[str, str] | Non
             state[k] = torch.zeros_like(v)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def golden_metadata(path: Path) -> dict[str, str]:
+    """The metadata a parity tool wrote into a golden safetensors file (overrides, seed, ...)."""
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata())

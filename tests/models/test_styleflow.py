@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 import models
@@ -22,7 +21,7 @@ from models import CheckpointError
 from models.layers.styleflow_content import SAM_READINGS
 from models.styleflow import (CONTENT_CARD, PSP_CARD, STYLEFLOW_CARD, IMAGENET_MEAN, IMAGENET_STD, StyleFlow,
                               StyleFlowContent)
-from tests.models.seeded import fill_seeded, seeded_state
+from tests.models.seeded import fill_seeded, golden_metadata, seeded_state
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_styleflow_content.safetensors"
@@ -32,14 +31,10 @@ KEYS = DATA / "keys_styleflow_content.json"
 torch.set_num_threads(1)
 
 
-def _meta() -> dict[str, str]:
-    with safe_open(str(GOLDEN), "pt") as fh:
-        return dict(fh.metadata())
-
-
-SMALL: dict[str, Any] = json.loads(_meta()["overrides"])
-SEED = int(_meta()["seed"])
-RENAME: dict[str, str] = json.loads(_meta()["rename"])
+META = golden_metadata(GOLDEN)
+SMALL: dict[str, Any] = json.loads(META["overrides"])
+SEED = int(META["seed"])
+RENAME: dict[str, str] = json.loads(META["rename"])
 
 # A composite whose parts chain: pSp 4 styles × 8 → flow 32; GRU hidden 32 → E 128 =
 # content 2 tokens × 64 channels; crops 64² → content 48².

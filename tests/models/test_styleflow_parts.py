@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from models._loading import CheckpointError, load_checkpoint, save_safetensors
 from models.layers.psp_encoder import PSPEncoder, PSPEncoderConfig
 from models.layers.stylegru import StyleGRU, StyleGRUConfig, style_flow
-from tests.models.seeded import fill_seeded
+from tests.models.seeded import fill_seeded, golden_metadata
 
 DATA = Path(__file__).parent / "data"
 PSP_GOLDEN = DATA / "golden_styleflow_psp_encoder.safetensors"
@@ -29,13 +28,8 @@ GRU_GOLDEN = DATA / "golden_styleflow_stylegru.safetensors"
 TOL = 1e-4
 
 
-def _meta(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as fh:
-        return dict(fh.metadata())
-
-
 def _overrides(path: Path) -> dict[str, Any]:
-    raw = json.loads(_meta(path)["overrides"])
+    raw = json.loads(golden_metadata(path)["overrides"])
     return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
 
 
@@ -53,7 +47,7 @@ def _psp_input(crops: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def psp_small() -> tuple[PSPEncoder, dict[str, torch.Tensor]]:
     golden = load_file(str(PSP_GOLDEN))
-    seed = int(_meta(PSP_GOLDEN)["seed"])
+    seed = int(golden_metadata(PSP_GOLDEN)["seed"])
     model = PSPEncoder(PSPEncoderConfig(**_overrides(PSP_GOLDEN)))
     return _seed_psp(model, seed).eval(), golden  # type: ignore[return-value]
 
@@ -61,7 +55,7 @@ def psp_small() -> tuple[PSPEncoder, dict[str, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def gru_small() -> tuple[StyleGRU, dict[str, torch.Tensor]]:
     golden = load_file(str(GRU_GOLDEN))
-    seed = int(_meta(GRU_GOLDEN)["seed"])
+    seed = int(golden_metadata(GRU_GOLDEN)["seed"])
     model = StyleGRU(StyleGRUConfig(**_overrides(GRU_GOLDEN)))
     return fill_seeded(model, seed).eval(), golden  # type: ignore[return-value]
 

@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 import models
 from models import CheckpointError
 from models.styleflow import STYLEFLOW_CARD
 from models.styleflow_truemedia import TRUEMEDIA_CARD, TRUEMEDIA_THRESHOLD, StyleFlowTrueMedia
-from tests.models.seeded import fill_seeded, seeded_state, seeded_tensor
+from tests.models.seeded import fill_seeded, golden_metadata, seeded_state, seeded_tensor
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_styleflow_truemedia.safetensors"
@@ -32,16 +31,12 @@ STA = "resnet.head.STA."
 torch.set_num_threads(1)
 
 
-def _meta() -> dict[str, str]:
-    with safe_open(str(GOLDEN), "pt") as fh:
-        return dict(fh.metadata())
-
-
-SMALL: dict[str, Any] = json.loads(_meta()["overrides"])
-SEED = int(_meta()["seed"])
-RENAME: dict[str, str] = json.loads(_meta()["rename"])
-CLIPS = int(_meta()["clips"])
-OFFSETS: list[float] = json.loads(_meta()["clip_offsets"])
+META = golden_metadata(GOLDEN)
+SMALL: dict[str, Any] = json.loads(META["overrides"])
+SEED = int(META["seed"])
+RENAME: dict[str, str] = json.loads(META["rename"])
+CLIPS = int(META["clips"])
+OFFSETS: list[float] = json.loads(META["clip_offsets"])
 
 
 @pytest.fixture(scope="module")
