@@ -25,7 +25,7 @@ from models.styleflow import StyleFlow
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.inference.runners import AUTOCAST_TOLERANCE, autocast
 from tests.models import test_caddm, test_sta, test_styleflow, test_styleflow_parts
-from tests.models.seeded import fill_seeded
+from tests.models.seeded import fill_seeded, golden_metadata
 from tests.stream_monitor.test_engine import _engine, _frames
 
 CPU = torch.device("cpu")
@@ -59,7 +59,7 @@ def _stylegru() -> Callable[[], torch.Tensor]:
     path = test_styleflow_parts.GRU_GOLDEN
     golden = load_file(str(path))
     model = fill_seeded(StyleGRU(StyleGRUConfig(**test_styleflow_parts._overrides(path))),
-                        int(test_styleflow_parts._meta(path)["seed"])).eval()
+                        int(golden_metadata(path)["seed"])).eval()
     return lambda: model(golden["flow"])
 
 
