@@ -47,7 +47,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..errors import StreamMonitorError
 
@@ -241,15 +241,21 @@ def _dfdc_metadata(root: Path) -> list[Path]:
     return [own] if own.is_file() else sorted(root.glob("*/metadata.json"))
 
 
+def _json_object(path: Path, expected: str) -> dict[str, Any]:
+    """The JSON object in ``path``; DatasetError naming the file (and ``expected``) otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected {expected}")
+    return data
+
+
 def _dfdc(root: Path, files: list[Path]) -> list[Sample]:
     samples = []
     for meta in files:
-        try:
-            data = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{meta}: not readable JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise DatasetError(f"{meta}: expected an object of file name -> {{\"label\": ...}}")
+        data = _json_object(meta, "an object of file name -> {\"label\": ...}")
         for name, info in data.items():
             label = str(info.get("label", "")).upper() if isinstance(info, dict) else ""
             if label not in ("REAL", "FAKE"):
@@ -288,12 +294,7 @@ def _csv(path: Path) -> list[Sample]:
 
 
 def _deepfakebench(path: Path, root: Path, split: str, compression: str) -> list[Sample]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not readable JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected {{dataset: {{label: {{split: ...}}}}}}")
+    data = _json_object(path, "{dataset: {label: {split: ...}}}")
     finder = _VideoFinder(root)
     samples: list[Sample] = []
     for dataset_name, labels in data.items():
