@@ -21,8 +21,9 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from .alerts.evidence import EvidenceStore
 from .alerts.policy import AlertPolicy, PolicyConfig
-from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RedisPublisher
+from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RecentAlerts, RedisPublisher
 from .config import Config
 from .errors import StreamMonitorError
 from .fleet import Fleet
@@ -100,7 +101,12 @@ class Monitor:
         self.metrics = metrics or Metrics()
         self.engine = Engine(cfg, self.metrics)
         self.broadcast = Broadcast()  # live alert feed for in-process subscribers (the page)
-        self.sink: AlertSink = FanOut([build_sink(cfg, self.metrics), self.broadcast])
+        self.recent = RecentAlerts()  # GET /alerts without Redis
+        self.sink: AlertSink = FanOut([build_sink(cfg, self.metrics), self.broadcast, self.recent])
+        a = cfg.alerts
+        self.evidence: EvidenceStore | None = None
+        if a.evidence_dir is not None:
+            self.evidence = EvidenceStore(a.evidence_dir, round(a.evidence_max_mb * 1e6), a.evidence_max_age_h * 3600)
         self.policy: AlertPolicy | None = None
         self.streams: dict[str, StreamHandle] = {}
         self.started_at = time.time()
@@ -190,7 +196,8 @@ class Monitor:
         if self.fleet is not None and not leased:
             await self.fleet.claim_local(stream_id)
         try:
-            pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics)
+            pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics,
+                                      evidence=self.evidence)
             await pipeline.open()
         except BaseException:
             if self.fleet is not None and not leased:
@@ -282,4 +289,6 @@ class Monitor:
         self._runners.clear()
         await self.engine.stop()
         await self.sink.close(timeout=grace)
+        if self.evidence is not None:
+            await asyncio.to_thread(self.evidence.close)  # the streams' last events' files
 

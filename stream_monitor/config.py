@@ -260,6 +260,14 @@ class AlertsConfig(_Section):
     # Alerts waiting for Redis beyond redis.outbox_max, and those undelivered at shutdown, are
     # kept here (one append-only, fsynced file per worker) and delivered first at the next start.
     spool_dir: Path | None = None
+    # Evidence of each incident's start and end (stream_monitor.alerts.evidence): a JPEG of the
+    # frame with the face's box and a strip of the window's face crops, referenced by the alert's
+    # "evidence" URLs and served by GET /evidence/{name}. Off without a directory. Retention: the
+    # oldest files go first once the directory holds more than evidence_max_mb megabytes
+    # (10^6 bytes) or when they are older than evidence_max_age_h hours.
+    evidence_dir: Path | None = None
+    evidence_max_mb: float = Field(500.0, gt=0)
+    evidence_max_age_h: float = Field(168.0, gt=0)
 
 
 # One api.allowed_hosts entry, checked when the configuration loads (ValueError names it).

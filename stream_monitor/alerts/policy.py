@@ -227,6 +227,9 @@ class AlertPolicy:
             "models": {d: cfg.models[d] for d in sorted(state.latest) if d in cfg.models},
             "emitted_at": _iso(self._clock()),
             "worker": cfg.worker,
+            # Filled in by the pipeline for start and end events when alerts.evidence_dir is set
+            # (stream_monitor.alerts.evidence); null otherwise.
+            "evidence": None,
         }
         if cfg.calibration is not None:
             payload["fpr"] = cfg.calibration.fpr_target

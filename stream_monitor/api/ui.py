@@ -44,7 +44,7 @@ _BOUNDARY = "frame"
 # other origins through a script or a connection.
 _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
-    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; "
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
                                 "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
