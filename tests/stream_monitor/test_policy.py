@@ -10,7 +10,7 @@ from stream_monitor.alerts.policy import AlertPolicy, PolicyConfig, fuse
 from stream_monitor.types import Score
 
 SCHEMA_KEYS = {"alert_id", "event", "seq", "stream_id", "track_id", "score", "threshold", "detectors", "window",
-               "bbox", "calibrated", "models", "emitted_at", "worker"}
+               "bbox", "calibrated", "models", "emitted_at", "worker", "evidence"}
 
 
 def _score(p: float, t: float, det: str = "sta", track: int = 1) -> Score:
@@ -81,6 +81,7 @@ def test_payload_schema() -> None:
     (ev,) = policy.on_score(_score(0.9, 2.0, det="sta"))
     p = ev.payload
     assert set(p) == SCHEMA_KEYS
+    assert p["evidence"] is None  # the pipeline fills it in (stream_monitor.alerts.evidence)
     assert p["event"] == "start" and p["seq"] == 0 and p["stream_id"] == "cam1" and p["track_id"] == 1
     assert p["score"] == pytest.approx(0.65) and p["threshold"] == 0.5
     assert p["detectors"] == {"caddm": 0.4, "sta": 0.9}
