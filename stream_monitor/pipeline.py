@@ -66,7 +66,8 @@ class StreamStats:
 class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
                  max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8,
-                 evidence: EvidenceStore | None = None) -> None:
+                 evidence: EvidenceStore | None = None, detectors: list[str] | None = None) -> None:
+        """``detectors``: the subset of the enabled detectors that score this stream (None: all)."""
         self.stream_id = stream_id
         self.engine = engine
         self.policy = policy
@@ -76,6 +77,7 @@ class StreamPipeline:
         self.end_wait_s = end_wait_s
         self.max_pending_windows = max_pending_windows
         self.evidence = evidence
+        self.detectors = detectors
         # Per track: its last scored window and the frame it ended in (evidence of an end event).
         self._last_window: dict[int, tuple[Frame | None, Clip]] = {}
         # A source that is not live (a file or synthetic video without ingest.realtime) waits
@@ -98,7 +100,7 @@ class StreamPipeline:
                 metrics.windows_discarded.labels(detector, reason)
 
     async def open(self) -> None:
-        await self.engine.open_stream(self.stream_id)
+        await self.engine.open_stream(self.stream_id, self.detectors)
 
     async def on_frame(self, frame: Frame) -> None:
         if self._aborted:
@@ -179,6 +181,7 @@ class StreamPipeline:
         """
         frame = self.last_frame
         cfg = self.policy.config
+        own = self.policy.threshold_for(self.stream_id)
         faces = []
         for face in self.last_faces:
             scores = self._scores.get(face.track_id, {})
@@ -187,7 +190,7 @@ class StreamPipeline:
                           "fused": round(fuse(scores, cfg.fusion, cfg.weights), 4) if scores else None})
         return {"stream_id": self.stream_id, "seq": frame.seq if frame else None, "pts": frame.pts if frame else None,
                 "width": frame.size[0] if frame else None, "height": frame.size[1] if frame else None,
-                "threshold": cfg.threshold, "faces": faces}
+                "threshold": cfg.threshold if own is None else own, "faces": faces}
 
     def _handle(self, analysis: FrameAnalysis, frame: Frame | None = None) -> None:
         """``frame``: the frame analysed (None for the final analysis of closing tracks), in

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
+SCHEMA: dict[str, Any] = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
           "threshold": float, "detectors": dict, "window": dict, "bbox": list, "calibrated": bool, "models": dict,
           "emitted_at": str, "worker": str, "evidence": (dict, type(None))}
 # Added to every event when a calibration file (detectors.calibration) is applied.

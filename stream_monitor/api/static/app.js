@@ -180,6 +180,7 @@ function renderStreams(list) {
     }
     const [idCell, stateCell, fpsCell, facesCell, scoresCell] = row.cells;
     idCell.textContent = s.id;
+    if (s.name) idCell.append(el("div", { class: "stream-name muted", text: s.name }));
     idCell.title = s.url || "";
     stateCell.textContent = s.state;
     stateCell.className = "state state-" + s.state;
