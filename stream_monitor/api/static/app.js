@@ -30,6 +30,7 @@ const state = {
   seen: new Set(),       // alert_id:seq already shown (Redis delivery is at least once)
   publish: null,         // {pc, media, location, id}
   blobs: new Map(),      // evidence URL -> Promise of its blob: URL
+  streamThreshold: null, // the chosen stream's threshold (its own, or the global one), from live events
   track: null,           // chosen track id (of the chosen stream) for the score chart
   series: new Map(),     // "stream|track" -> [{t, scores}] from live events
 };
@@ -208,6 +209,7 @@ function choose(id) {
   $("viewer-title").textContent = "Stream " + id;
   $("boxes").replaceChildren();
   state.videoKey = null;
+  state.streamThreshold = null;
   if (state.track !== null && !String(state.track).startsWith(id + "|")) state.track = null;
   refreshVideo();
   drawChart();
@@ -257,6 +259,7 @@ function level(fused, threshold) {
 
 function onLive(live) {
   if (live.stream_id !== state.selected || !live.width || !live.height) return;
+  state.streamThreshold = live.threshold;  // the stream's own threshold when it has one
   $("viewer").style.aspectRatio = `${live.width} / ${live.height}`;
   const boxes = live.faces.map((face) => {
     const [x1, y1, x2, y2] = face.box;
@@ -332,9 +335,10 @@ function drawChart() {
   g.strokeStyle = "#333b46";
   g.lineWidth = 1;
   for (const v of [0, 0.5, 1]) { g.beginPath(); g.moveTo(0, yOf(v)); g.lineTo(w, yOf(v)); g.stroke(); }
-  if (typeof state.threshold === "number") {
+  const threshold = typeof state.streamThreshold === "number" ? state.streamThreshold : state.threshold;
+  if (typeof threshold === "number") {
     g.setLineDash([4, 4]); g.strokeStyle = "#8b95a3";
-    const y = yOf(state.threshold);
+    const y = yOf(threshold);
     g.beginPath(); g.moveTo(0, y); g.lineTo(w, y); g.stroke(); g.setLineDash([]);
   }
   const t0 = points[0].t, span = Math.max(1, points[points.length - 1].t - t0);
