@@ -24,12 +24,11 @@ from typing import Any
 import aiohttp
 import cv2
 import numpy as np
-import pytest
 import redis.asyncio as aioredis
+import torch
 
-from stream_monitor.alerts.evidence import STRIP_HEIGHT, EvidenceStore, evidence_names
+from stream_monitor.alerts.evidence import STRIP_HEIGHT, EvidenceStore, evidence_names, strip_jpeg
 from stream_monitor.alerts.policy import AlertEvent
-from stream_monitor.app import Monitor
 from stream_monitor.types import Clip, Frame, WindowItem
 from tests.support.api import Api, alert_log
 from tests.support.chromium import Chromium, run_in_private_netns
@@ -82,6 +81,9 @@ def test_store_writes_evidence_and_prunes_oldest_first(tmp_path: Path) -> None:
     strip = decode((tmp_path / "ev" / "a1b2-0-faces.jpg").read_bytes())
     assert strip.shape == (STRIP_HEIGHT, 8 * STRIP_HEIGHT, 3)  # 8 of the 12 square crops, side by side
     assert store.written == 1 and store.failed == 0
+    # Crops aligned on the detectors' device are tensors: the strip takes them as they are.
+    tensor_strip = decode(strip_jpeg([torch.full((224, 224, 3), 200, dtype=torch.uint8)] * 3))
+    assert tensor_strip.shape == (STRIP_HEIGHT, 3 * STRIP_HEIGHT, 3) and abs(tensor_strip.mean() - 200) < 3
 
     # Names come only from a safe alert_id and seq; lookups accept nothing else.
     assert evidence_names("../x", 0) is None and evidence_names("a" * 65, 0) is None
@@ -322,8 +324,3 @@ def test_page_without_token_shows_video_and_history_after_reload(tmp_path: Path)
     assert (shown[0]["thumb"]["width"], shown[0]["thumb"]["height"]) == (320, 240)
     logged = {a["alert_id"] for a in result["log"]}
     assert {item["id"] for item in result["dom"]} <= logged and shown[0]["stream"] == "cam1"
-
-
-@pytest.fixture(autouse=True)
-def _artifacts() -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
