@@ -402,6 +402,16 @@ function evidenceBlob(url) {
   return pending;
 }
 
+// An incident left the timeline: free its images' blob: URLs.
+function forgetEvidence(evidence) {
+  for (const url of Object.values(evidence || {})) {
+    const pending = state.blobs.get(url);
+    if (!pending) continue;
+    state.blobs.delete(url);
+    pending.then((src) => URL.revokeObjectURL(src), () => {});
+  }
+}
+
 function evidenceImages(evidence) {
   const box = el("div", { class: "evidence" });
   for (const [kind, alt] of [["frame", "the frame when the alert started"], ["faces", "the window's face crops"]]) {
@@ -425,7 +435,9 @@ function onAlert(a) {
     $("timeline").prepend(li);
     while (state.incidents.size > MAX_INCIDENTS) {
       const [oldest] = state.incidents.keys();
-      state.incidents.get(oldest).li.remove();
+      const gone = state.incidents.get(oldest);
+      gone.li.remove();
+      forgetEvidence(gone.evidence);
       state.incidents.delete(oldest);
     }
   }
@@ -434,7 +446,10 @@ function onAlert(a) {
   inc.peak = Math.max(inc.peak, a.score);
   if (a.event === "start") inc.started = a.emitted_at;
   if (a.event === "update") inc.updates += 1;
-  if (a.evidence && !inc.evidenceBox) inc.evidenceBox = evidenceImages(a.evidence);  // the first: its start
+  if (a.evidence && !inc.evidenceBox) {  // the first: its start
+    inc.evidence = a.evidence;
+    inc.evidenceBox = evidenceImages(a.evidence);
+  }
   renderIncident(inc);
   $("timeline-empty").hidden = true;
 }
