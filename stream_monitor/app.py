@@ -21,9 +21,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from .alerts.evidence import EvidenceStore
 from .alerts.policy import AlertPolicy, PolicyConfig
-from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RedisPublisher
-from .config import Config
+from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RecentAlerts, RedisPublisher
+from .config import Config, StreamSettings
 from .errors import StreamMonitorError
 from .fleet import Fleet
 from .inference.engine import Engine
@@ -56,12 +57,15 @@ class StreamHandle:
     pipeline: StreamPipeline
     task: asyncio.Task[None]
     added_at: float = field(default_factory=time.time)
+    settings: StreamSettings = field(default_factory=StreamSettings)
+    # The settings in effect (the stream's own, else the global ones), for GET /streams.
+    effective: dict[str, Any] = field(default_factory=dict)
 
     def status(self) -> dict[str, Any]:
         sup = self.supervisor.status()
         stats = self.pipeline.stats
         return {
-            "id": self.id, "url": self.url, "transport": scheme_of(self.url), **sup,
+            "id": self.id, "url": self.url, "transport": scheme_of(self.url), **self.effective, **sup,
             "faces": len(self.pipeline.last_faces), "tracks": stats.tracks, "frames_analysed": stats.frames_analysed,
             "windows": stats.windows, "alerts": stats.alerts, "last_scores": dict(stats.last_scores),
         }
@@ -100,7 +104,12 @@ class Monitor:
         self.metrics = metrics or Metrics()
         self.engine = Engine(cfg, self.metrics)
         self.broadcast = Broadcast()  # live alert feed for in-process subscribers (the page)
-        self.sink: AlertSink = FanOut([build_sink(cfg, self.metrics), self.broadcast])
+        self.recent = RecentAlerts()  # GET /alerts without Redis
+        self.sink: AlertSink = FanOut([build_sink(cfg, self.metrics), self.broadcast, self.recent])
+        a = cfg.alerts
+        self.evidence: EvidenceStore | None = None
+        if a.evidence_dir is not None:
+            self.evidence = EvidenceStore(a.evidence_dir, round(a.evidence_max_mb * 1e6), a.evidence_max_age_h * 3600)
         self.policy: AlertPolicy | None = None
         self.streams: dict[str, StreamHandle] = {}
         self.started_at = time.time()
@@ -130,7 +139,7 @@ class Monitor:
             await self.fleet.start()  # adds cfg.streams to the fleet; some may land on other workers
         else:
             for s in self.cfg.streams:
-                await self.add_stream(s.id, s.url, trusted=True)
+                await self.add_stream(s.id, s.url, trusted=True, settings=s.settings())
         self.ready = True
 
     async def _start_http(self) -> None:
@@ -172,35 +181,53 @@ class Monitor:
         return (handle is not None and not handle.task.done()) or stream_id in self._closing
 
     async def add_stream(self, stream_id: str, url: str, opener: Callable[[], Source] | None = None, *,
-                         leased: bool = False, trusted: bool = False) -> StreamHandle:
+                         leased: bool = False, trusted: bool = False,
+                         settings: StreamSettings | None = None) -> StreamHandle:
         """Start a stream on this worker. ``opener`` supplies the Source instead of ``url``
         (WebRTC sessions: ``url`` is then only a label). A stream that has ended under the
         same id is replaced. In a fleet the stream holds a lease on its id: ``leased`` says
         the fleet already took it (a desired stream); otherwise it is leased here (raises
         ``StreamExists`` when another worker has the id). ``trusted``: the URL is the
         operator's (the config file); otherwise it came from the network and every open goes
-        through :attr:`source_guard` (raises ``SourceRefused`` before anything connects)."""
+        through :attr:`source_guard` (raises ``SourceRefused`` before anything connects).
+        ``settings``: the stream's own detectors, threshold, ``max_fps`` and display name
+        (ValueError when it names a detector that is not enabled)."""
         if self.busy(stream_id):
             state = "already exists" if stream_id in self.streams else "is still finishing"
             raise StreamExists(f"stream {stream_id!r} {state}")
         assert self.policy is not None, "start() first"
+        settings = settings or StreamSettings()
+        settings.check_detectors(self.cfg.detectors.enabled)
         guard = None if trusted or opener is not None else self.source_guard
         if guard is not None:
             guard.check(url)  # SourceRefused before a lease, a pipeline or a connection
         if self.fleet is not None and not leased:
             await self.fleet.claim_local(stream_id)
         try:
-            pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics)
+            self.policy.set_threshold(stream_id, settings.threshold)
+            pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics,
+                                      evidence=self.evidence,
+                                      detectors=None if settings.detectors is None else list(settings.detectors))
             await pipeline.open()
         except BaseException:
+            self.policy.set_threshold(stream_id, None)
             if self.fleet is not None and not leased:
                 await self.fleet.unclaim_local(stream_id)
             raise
-        supervisor = StreamSupervisor(stream_id, url, self.cfg.ingest, self.metrics, on_frame=pipeline.on_frame,
+        ingest = self.cfg.ingest
+        if settings.max_fps is not None:
+            ingest = ingest.model_copy(update={"max_fps": settings.max_fps})
+        supervisor = StreamSupervisor(stream_id, url, ingest, self.metrics, on_frame=pipeline.on_frame,
                                       on_session=pipeline.on_session, opener=opener,
                                       guard=guard)
         task = asyncio.create_task(self._run_stream(stream_id, supervisor, pipeline), name=f"stream-{stream_id}")
-        handle = StreamHandle(stream_id, url, supervisor, pipeline, task)
+        effective = {"name": settings.name,
+                     "detectors": list(settings.detectors or self.cfg.detectors.enabled),
+                     # null: a calibration file's thresholds apply (detectors.calibration)
+                     "threshold": settings.threshold if settings.threshold is not None else
+                     None if self.engine.calibration is not None else self.cfg.alerts.threshold,
+                     "max_fps": ingest.max_fps}
+        handle = StreamHandle(stream_id, url, supervisor, pipeline, task, settings=settings, effective=effective)
         self.streams[stream_id] = handle
         if self.fleet is not None:
             self.fleet.bind(stream_id, pipeline)
@@ -282,4 +309,6 @@ class Monitor:
         self._runners.clear()
         await self.engine.stop()
         await self.sink.close(timeout=grace)
+        if self.evidence is not None:
+            await asyncio.to_thread(self.evidence.close)  # the streams' last events' files
 

@@ -92,7 +92,53 @@ def url_text_problem(url: str) -> str | None:
     return None
 
 
-class StreamConfig(_Section):
+class StreamSettings(_Section):
+    """One stream's own settings, in a ``streams:`` entry or a ``POST /streams`` body; each
+    unset one is the global value.
+
+    ``name``: a display name for people (the page, ``GET /streams``), plain text.
+    ``detectors``: the detectors that score this stream, a non-empty subset of
+    ``detectors.enabled`` (the others skip its frames and faces entirely).
+    ``threshold``: the fused score at or above which its incidents start (``alerts.threshold``;
+    with a calibration file it replaces the calibrated threshold for this stream).
+    ``max_fps``: the frames a second it decodes at most (``ingest.max_fps``).
+    """
+
+    name: str | None = Field(None, min_length=1, max_length=100)
+    detectors: list[DetectorName] | None = None
+    threshold: float | None = Field(None, ge=0, le=1)
+    max_fps: float | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and (v.strip() != v or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F
+                                                    or unicodedata.category(c) in ("Cf", "Zl", "Zp") for c in v)):
+            raise ValueError("name must be plain text: no control characters, no leading or trailing spaces")
+        return v
+
+    @field_validator("detectors")
+    @classmethod
+    def _some_detectors(cls, v: list[DetectorName] | None) -> list[DetectorName] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("detectors must name at least one detector (leave it out for all enabled)")
+            if len(set(v)) != len(v):
+                raise ValueError("a detector is listed twice")
+        return v
+
+    def settings(self) -> "StreamSettings":
+        """Just the settings (a :class:`StreamConfig` without its id and URL)."""
+        return StreamSettings(name=self.name, detectors=self.detectors, threshold=self.threshold, max_fps=self.max_fps)
+
+    def check_detectors(self, enabled: list[DetectorName]) -> None:
+        """ValueError when ``detectors`` names one that is not in ``detectors.enabled``."""
+        missing = [d for d in self.detectors or () if d not in enabled]
+        if missing:
+            raise ValueError(f"detectors {missing} are not enabled on this service (detectors.enabled: {enabled})")
+
+
+class StreamConfig(StreamSettings):
     # pydantic-core's (Rust) regex: "$" is the end of the text, so "nl\n" is refused here
     # (unlike Python's re.match; the API uses fullmatch for the same rule).
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -260,6 +306,14 @@ class AlertsConfig(_Section):
     # Alerts waiting for Redis beyond redis.outbox_max, and those undelivered at shutdown, are
     # kept here (one append-only, fsynced file per worker) and delivered first at the next start.
     spool_dir: Path | None = None
+    # Evidence of each incident's start and end (stream_monitor.alerts.evidence): a JPEG of the
+    # frame with the face's box and a strip of the window's face crops, referenced by the alert's
+    # "evidence" URLs and served by GET /evidence/{name}. Off without a directory. Retention: the
+    # oldest files go first once the directory holds more than evidence_max_mb megabytes
+    # (10^6 bytes) or when they are older than evidence_max_age_h hours.
+    evidence_dir: Path | None = None
+    evidence_max_mb: float = Field(500.0, gt=0)
+    evidence_max_age_h: float = Field(168.0, gt=0)
 
 
 # One api.allowed_hosts entry, checked when the configuration loads (ValueError names it).
@@ -418,6 +472,18 @@ class Config(_Section):
         if len(set(ids)) != len(ids):
             raise ValueError("stream ids must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _stream_detectors_enabled(self) -> "Config":
+        for stream in self.streams:
+            try:
+                stream.check_detectors(self.detectors.enabled)
+            except ValueError as exc:
+                raise ValueError(f"streams: {stream.id}: {exc}") from None
+        if self.fleet.enabled and any(s.settings() != StreamSettings() for s in self.streams):
+            raise ValueError("per-stream settings (name, detectors, threshold, max_fps) are not supported with "
+                             "fleet.enabled yet: the fleet's desired streams hold only an id and a URL")
+        return self
 
     @model_validator(mode="after")
     def _fleet_needs_redis(self) -> "Config":

@@ -24,6 +24,11 @@ detector from the first stream on.
 ``abort()`` (the stream's fleet lease is lost) stops the stream's processing at once: frames
 still queued in the engine are cancelled, results that arrive anyway are ignored, and
 ``close()`` then only ends the open incidents of its tracks (no final windows).
+
+Evidence (``evidence``, an :class:`~stream_monitor.alerts.evidence.EvidenceStore`, when
+``alerts.evidence_dir`` is set): a ``start`` or ``end`` event caused by a window gets the frame
+in which that window ended and the window's crops; an ``end`` caused by the track ending gets
+the track's last scored window and its frame (kept per open track, one frame each).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .alerts.policy import AlertPolicy, fuse
+from .alerts.evidence import EvidenceStore
+from .alerts.policy import AlertEvent, AlertPolicy, fuse
 from .alerts.publisher import AlertSink
 from .inference.analysis import FrameAnalysis
 from .inference.batcher import Shed
@@ -59,7 +65,9 @@ class StreamStats:
 
 class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
-                 max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8) -> None:
+                 max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8,
+                 evidence: EvidenceStore | None = None, detectors: list[str] | None = None) -> None:
+        """``detectors``: the subset of the enabled detectors that score this stream (None: all)."""
         self.stream_id = stream_id
         self.engine = engine
         self.policy = policy
@@ -68,6 +76,10 @@ class StreamPipeline:
         self.max_inflight = max_inflight
         self.end_wait_s = end_wait_s
         self.max_pending_windows = max_pending_windows
+        self.evidence = evidence
+        self.detectors = detectors
+        # Per track: its last scored window and the frame it ended in (evidence of an end event).
+        self._last_window: dict[int, tuple[Frame | None, Clip]] = {}
         # A source that is not live (a file or synthetic video without ingest.realtime) waits
         # for its windows instead of letting the lanes shed them: nothing of it is lost.
         self.lossless = False
@@ -88,7 +100,7 @@ class StreamPipeline:
                 metrics.windows_discarded.labels(detector, reason)
 
     async def open(self) -> None:
-        await self.engine.open_stream(self.stream_id)
+        await self.engine.open_stream(self.stream_id, self.detectors)
 
     async def on_frame(self, frame: Frame) -> None:
         if self._aborted:
@@ -130,7 +142,7 @@ class StreamPipeline:
                 ended = await self.engine.close_stream(self.stream_id, forget=True)
                 for track_id in ended.ended:
                     self._ended.add(track_id)
-                    self._emit(self.policy.on_track_end(self.stream_id, track_id))
+                    self._emit(self.policy.on_track_end(self.stream_id, track_id), self._last_window.pop(track_id, None))
             else:
                 if self._inflight:
                     await asyncio.wait({fut for _, fut in self._inflight})
@@ -140,6 +152,7 @@ class StreamPipeline:
                 await asyncio.wait(set(self._tasks))
         finally:
             self.policy.forget_stream(self.stream_id)
+            self._last_window.clear()
             self.closed = True
 
     async def _close_tracks(self, forget: bool) -> None:
@@ -158,7 +171,7 @@ class StreamPipeline:
                 continue
             analysis = fut.result()
             self.last_frame, self.last_faces = frame, analysis.faces
-            self._handle(analysis)
+            self._handle(analysis, frame)
 
     def live(self) -> dict[str, Any]:
         """The newest analysed frame's faces with their latest scores (JSON-ready, for the page).
@@ -168,6 +181,7 @@ class StreamPipeline:
         """
         frame = self.last_frame
         cfg = self.policy.config
+        own = self.policy.threshold_for(self.stream_id)
         faces = []
         for face in self.last_faces:
             scores = self._scores.get(face.track_id, {})
@@ -176,9 +190,11 @@ class StreamPipeline:
                           "fused": round(fuse(scores, cfg.fusion, cfg.weights), 4) if scores else None})
         return {"stream_id": self.stream_id, "seq": frame.seq if frame else None, "pts": frame.pts if frame else None,
                 "width": frame.size[0] if frame else None, "height": frame.size[1] if frame else None,
-                "threshold": cfg.threshold, "faces": faces}
+                "threshold": cfg.threshold if own is None else own, "faces": faces}
 
-    def _handle(self, analysis: FrameAnalysis) -> None:
+    def _handle(self, analysis: FrameAnalysis, frame: Frame | None = None) -> None:
+        """``frame``: the frame analysed (None for the final analysis of closing tracks), in
+        which the clips that ``analysis`` completes end."""
         if self._aborted:
             return
         m, sid = self.metrics, self.stream_id
@@ -191,18 +207,18 @@ class StreamPipeline:
             m.windows_discarded.labels(detector, reason).inc(runs)
         self.stats.tracks = analysis.tracks_active
         for clip in analysis.clips:
-            self._submit(clip)
+            self._submit(clip, frame)
         for track_id in analysis.ended:
             pending = self._pending_scores.pop(track_id, set())
             self._spawn(self._end_track(track_id, pending))
 
-    def _submit(self, clip: Clip) -> None:
+    def _submit(self, clip: Clip, frame: Frame | None) -> None:
         fut = self.engine.score(clip, sheddable=not self.lossless)
         self._pending_scores.setdefault(clip.track_id, set()).add(fut)
         self._unscored.add(fut)
-        fut.add_done_callback(lambda f: self._on_score(clip, f))
+        fut.add_done_callback(lambda f: self._on_score(clip, f, frame))
 
-    def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
+    def _on_score(self, clip: Clip, fut: "asyncio.Future[float]", frame: Frame | None = None) -> None:
         self._pending_scores.get(clip.track_id, set()).discard(fut)
         self._unscored.discard(fut)
         if self._aborted or fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
@@ -217,18 +233,24 @@ class StreamPipeline:
         self.stats.last_scores[clip.detector] = round(probability, 4)
         score = Score(self.stream_id, clip.track_id, clip.detector, probability, clip.start_pts, clip.end_pts,
                       len({id(it) for it in clip.items}), clip.last_arrival, clip.bbox)
-        self._emit(self.policy.on_score(score))
+        # The final windows of closing tracks have no frame of their own: the newest analysed one.
+        window = (frame if frame is not None else self.last_frame, clip)
+        if self.evidence is not None:
+            self._last_window[clip.track_id] = window
+        self._emit(self.policy.on_score(score), window)
 
     async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
         if pending:
             await asyncio.wait(pending, timeout=self.end_wait_s)
         self._ended.add(track_id)
         self._scores.pop(track_id, None)
-        self._emit(self.policy.on_track_end(self.stream_id, track_id))
+        self._emit(self.policy.on_track_end(self.stream_id, track_id), self._last_window.pop(track_id, None))
 
-    def _emit(self, events: list[Any]) -> None:
+    def _emit(self, events: list[AlertEvent], window: tuple[Frame | None, Clip] | None = None) -> None:
         for event in events:
             self.stats.alerts += 1
+            if self.evidence is not None and window is not None:
+                self.evidence.attach(event, *window)
             self.sink.publish(event)
 
     def _spawn(self, coro: Any) -> None:

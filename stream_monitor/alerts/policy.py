@@ -25,12 +25,17 @@ that model's threshold, set at the calibration's target false-positive rate; ``t
 ``fusion`` and ``weights`` are then unused. Events carry the calibrated probabilities in
 ``detectors``, the raw ones in ``raw``, and the target in ``fpr``.
 
+Per-stream threshold (``streams[].threshold``, ``POST /streams``): :meth:`AlertPolicy.set_threshold`
+replaces ``threshold`` (and, with a calibration, the calibrated threshold) for one stream's
+tracks; :meth:`AlertPolicy.threshold_for` says which applies.
+
 Times: ``cooldown_s`` is measured in stream time (window end timestamps), so the policy is
 deterministic for a given input; ``emitted_at`` comes from the injected wall clock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -146,14 +151,32 @@ class AlertPolicy:
         self._new_id = new_id
         self._tracks: dict[tuple[str, int], _TrackState] = {}
         self._zones: dict[str, list[_Zone]] = {}  # per stream: cooldowns of tracks that ended
+        self._thresholds: dict[str, float] = {}  # per-stream overrides of the threshold
 
-    def assess(self, probabilities: Mapping[str, float]) -> Assessment:
+    def set_threshold(self, stream_id: str, threshold: float | None) -> None:
+        """Use ``threshold`` for ``stream_id``'s tracks from now on (None: the global one again)."""
+        if threshold is None:
+            self._thresholds.pop(stream_id, None)
+        elif not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], not {threshold}")
+        else:
+            self._thresholds[stream_id] = threshold
+
+    def threshold_for(self, stream_id: str) -> float | None:
+        """The stream's own threshold, or None when the global (or calibrated) one applies."""
+        return self._thresholds.get(stream_id)
+
+    def assess(self, probabilities: Mapping[str, float], stream_id: str | None = None) -> Assessment:
         """The per-detector probabilities shown in events, the fused score and its threshold
-        for a track's latest raw probabilities (calibrated when a calibration is set)."""
+        for a track's latest raw probabilities (calibrated when a calibration is set), with
+        ``stream_id``'s own threshold when it has one."""
         cfg = self.config
         if cfg.calibration is not None:
-            return cfg.calibration.assess(probabilities)
-        return Assessment(dict(probabilities), fuse(probabilities, cfg.fusion, cfg.weights), cfg.threshold)
+            assessment = cfg.calibration.assess(probabilities)
+        else:
+            assessment = Assessment(dict(probabilities), fuse(probabilities, cfg.fusion, cfg.weights), cfg.threshold)
+        own = self._thresholds.get(stream_id) if stream_id is not None else None
+        return assessment if own is None else dataclasses.replace(assessment, threshold=own)
 
     def active_incidents(self) -> int:
         return sum(1 for s in self._tracks.values() if s.alert_id is not None)
@@ -164,7 +187,7 @@ class AlertPolicy:
         state = self._tracks.setdefault((score.stream_id, score.track_id), _TrackState())
         state.latest[score.detector] = score.probability
         state.last = score
-        fused = self.assess(state.latest)
+        fused = self.assess(state.latest, score.stream_id)
         over = fused.score >= fused.threshold
         if state.alert_id is None:
             state.over = state.over + 1 if over else 0
@@ -185,7 +208,7 @@ class AlertPolicy:
         state = self._tracks.pop((stream_id, track_id), None)
         if state is None:
             return []
-        events = [] if state.alert_id is None else [self._end(state, self.assess(state.latest))]
+        events = [] if state.alert_id is None else [self._end(state, self.assess(state.latest, stream_id))]
         if state.last_end_pts is not None and state.last is not None:
             zones = [z for z in self._zones.get(stream_id, ()) if self._cooling(z.end_pts, state.last.end_pts)]
             self._zones[stream_id] = zones + [_Zone(state.last.bbox, state.last_end_pts)]
@@ -194,6 +217,7 @@ class AlertPolicy:
     def forget_stream(self, stream_id: str) -> None:
         """The stream is gone: drop its cooldown zones (its tracks were ended one by one)."""
         self._zones.pop(stream_id, None)
+        self._thresholds.pop(stream_id, None)
         for key in [k for k in self._tracks if k[0] == stream_id]:
             del self._tracks[key]
 
@@ -227,6 +251,9 @@ class AlertPolicy:
             "models": {d: cfg.models[d] for d in sorted(state.latest) if d in cfg.models},
             "emitted_at": _iso(self._clock()),
             "worker": cfg.worker,
+            # Filled in by the pipeline for start and end events when alerts.evidence_dir is set
+            # (stream_monitor.alerts.evidence); null otherwise.
+            "evidence": None,
         }
         if cfg.calibration is not None:
             payload["fpr"] = cfg.calibration.fpr_target

@@ -27,8 +27,9 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -353,6 +354,26 @@ class Broadcast:
 
     async def close(self, timeout: float = 5.0) -> None:
         self._queues.clear()
+
+    def problems(self) -> list[str]:
+        return []
+
+
+class RecentAlerts:
+    """This worker's latest ``maxlen`` alert payloads in memory, oldest first: what
+    ``GET /alerts`` answers when there is no Redis (``redis.url`` unset)."""
+
+    def __init__(self, maxlen: int = 1000) -> None:
+        self.payloads: deque[dict[str, Any]] = deque(maxlen=maxlen)
+
+    async def start(self) -> None:
+        pass
+
+    def publish(self, event: AlertEvent) -> None:
+        self.payloads.append(event.payload)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        pass
 
     def problems(self) -> list[str]:
         return []

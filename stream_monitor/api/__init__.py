@@ -19,6 +19,7 @@ from aiohttp import web
 from ..host_allowlist import HostAllowList
 from .auth import auth_middleware, json_errors
 from .health import add_health_routes
+from .history import add_history_routes
 from .hosts import host_middleware
 from .predict import add_predict_routes
 from .streams import add_stream_routes
@@ -41,6 +42,7 @@ def build_api(monitor: "Monitor") -> web.Application:
     add_stream_routes(app)
     add_predict_routes(app)
     add_ui_routes(app)
+    add_history_routes(app)
     add_whip_routes(app)
     return app
 

@@ -8,6 +8,13 @@ a worker claims it, usually within ``fleet.tick_s``); ``DELETE`` removes it (204
 stopped here or ran nowhere, 202 when its owner, another worker, stops it within a tick).
 503 when Redis cannot be reached.
 
+``POST`` takes ``{"id", "url"}`` and optionally the stream's own settings, checked like the
+configuration's ``streams:`` entries (:class:`~stream_monitor.config.StreamSettings`):
+``"name"`` (display name), ``"detectors"`` (a non-empty subset of ``detectors.enabled``),
+``"threshold"`` (0 to 1), ``"max_fps"`` (> 0); a bad one is a 400 naming the field. The
+settings in effect are part of every stream's status (``GET /streams``). Not with
+``fleet.enabled`` yet (400): the fleet's desired streams hold only an id and a URL.
+
 ``POST`` is refused with 503 and ``Retry-After`` (:mod:`.limits`) when the worker runs
 ``api.max_streams`` streams (every stream it runs counts, WHIP publishers and configured
 streams too), or in a fleet when the desired set holds ``api.max_streams`` streams.
@@ -20,8 +27,10 @@ import re
 from typing import Any, TypeGuard
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from ..app import StreamExists, UnknownStream
+from ..config import StreamSettings
 from ..errors import SourceError, SourceRefused
 from ..fleet import FleetFull, FleetUnavailable
 from ..ingest.base import check_url
@@ -72,6 +81,21 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | web.Respons
     return body
 
 
+SETTINGS = frozenset(StreamSettings.model_fields)
+
+
+def parse_settings(fields: dict[str, Any], enabled: list[str]) -> StreamSettings | str:
+    """The stream's own settings from a request body, or what is wrong with them (one line)."""
+    try:
+        settings = StreamSettings.model_validate(fields, strict=True)  # JSON: "0.5" is not a number
+        settings.check_detectors(enabled)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        return "; ".join(f"'{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors())
+    except ValueError as exc:
+        return f"'detectors': {exc}"
+    return settings
+
+
 async def check_source(url: str, guard: SourceGuard) -> web.Response | None:
     """None if ``url`` may become a source from the network, else the 403 (the policy refused:
     the same answer whether a host answers or a file exists) or 400 (a malformed URL, no such
@@ -111,9 +135,15 @@ def add_stream_routes(app: web.Application) -> None:
             return error(400, "'id' must be 1-64 characters: letters, digits, '_', '.', '-' (not first)")
         if not isinstance(url, str) or not url:
             return error(400, "'url' must be a non-empty string")
-        extra = set(body) - {"id", "url"}
+        extra = set(body) - {"id", "url"} - SETTINGS
         if extra:
             return error(400, f"unknown fields: {sorted(extra)}")
+        settings = parse_settings({k: v for k, v in body.items() if k in SETTINGS}, monitor.cfg.detectors.enabled)
+        if isinstance(settings, str):
+            return error(400, settings)
+        if monitor.fleet is not None and settings != StreamSettings():
+            return error(400, "per-stream settings (name, detectors, threshold, max_fps) are not supported with "
+                              "fleet.enabled yet")
         refusal = await check_source(url, monitor.source_guard)
         if refusal is not None:
             return refusal
@@ -124,7 +154,7 @@ def add_stream_routes(app: web.Application) -> None:
                 added = await monitor.fleet.add(stream_id, url, max_desired=monitor.cfg.api.max_streams)
                 return web.json_response(added, status=201, headers=location)
             with cap.admit():
-                handle = await monitor.add_stream(stream_id, url)
+                handle = await monitor.add_stream(stream_id, url, settings=settings)
         except StreamExists as exc:
             return error(409, str(exc))
         except (AtLimit, FleetFull) as exc:

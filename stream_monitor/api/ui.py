@@ -41,10 +41,11 @@ JPEG_QUALITY = 75
 MAX_JPEG_WIDTH = 960  # wider frames are scaled down: the page shows them at about this size
 _BOUNDARY = "frame"
 # The page loads only its own files; the token it keeps in sessionStorage must not leak to
-# other origins through a script or a connection.
+# other origins through a script or a connection. img-src blob: shows the evidence JPEGs, which
+# the page fetches with the token in a header (never in their URLs).
 _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
-    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; "
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
                                 "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -285,19 +285,33 @@ class Engine:
     async def _on_worker(self, fn: Any) -> Any:
         return await asyncio.wrap_future(self.worker.submit(fn))
 
-    async def open_stream(self, stream_id: str) -> None:
+    async def open_stream(self, stream_id: str, detectors: Sequence[str] | None = None) -> None:
+        """Start tracking and windowing a stream. ``detectors``: the subset of the enabled ones
+        that score it (a stream's own ``detectors`` setting; None: all). The others make no
+        windows of it, and its frames are admitted only at the rates of its own detectors."""
         tc = self.cfg.faces.track
+        runners = self.runners_for(detectors)
 
         def open_() -> None:
-            self._streams[stream_id] = StreamAnalysis(stream_id, self.runners, tc.iou_threshold, tc.max_missed,
+            self._streams[stream_id] = StreamAnalysis(stream_id, runners, tc.iou_threshold, tc.max_missed,
                                                       self.align_device, self.landmarker)
 
         await self._on_worker(open_)
-        self._gates[stream_id] = self.detection_gate()
+        self._gates[stream_id] = self.detection_gate(detectors)
 
-    def detection_gate(self) -> DetectionGate:
-        """A fresh gate for one stream: the enabled detectors' rates and ``faces.detect_fps``."""
-        return DetectionGate([r.spec for r in self.runners.values()], self.cfg.faces.detect_fps)
+    def runners_for(self, detectors: Sequence[str] | None) -> dict[str, DetectorRunner]:
+        """The runners of ``detectors`` (None: every enabled one); ValueError names one not enabled."""
+        if detectors is None:
+            return dict(self.runners)
+        unknown = [d for d in detectors if d not in self.runners]
+        if unknown or not detectors:
+            raise ValueError(f"detectors {list(unknown)} are not enabled (enabled: {list(self.runners)})")
+        return {d: r for d, r in self.runners.items() if d in detectors}
+
+    def detection_gate(self, detectors: Sequence[str] | None = None) -> DetectionGate:
+        """A fresh gate for one stream: its detectors' rates (default: every enabled one) and
+        ``faces.detect_fps``."""
+        return DetectionGate([r.spec for r in self.runners_for(detectors).values()], self.cfg.faces.detect_fps)
 
     async def close_stream(self, stream_id: str, forget: bool = True) -> FrameAnalysis:
         """End every track of the stream (final windows); ``forget`` drops its state."""

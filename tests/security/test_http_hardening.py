@@ -185,7 +185,8 @@ def test_tokens_in_urls_and_undecodable_tokens(run: Any) -> None:
         for method, path in [("GET", "/streams"), ("GET", "/streams/nope"), ("GET", "/readyz"), ("GET", "/whip/cam"),
                              ("HEAD", "/streams"), ("POST", "/streams"), ("DELETE", "/streams/nope"),
                              ("POST", "/predict"), ("OPTIONS", "/whip/cam"), ("GET", "/events/x"),
-                             ("GET", "/streams/a/b/live.mjpeg")]:
+                             ("GET", "/streams/a/b/live.mjpeg"), ("GET", "/alerts"), ("HEAD", "/alerts"),
+                             ("GET", "/evidence/abc-0-frame.jpg")]:
             status, _ = await c.call(method, f"{path}?{q}", token=None)
             assert status in (401, 405) and status != 200, (method, path, status)
             if status == 405:  # aiohttp's router answers unknown methods first: still no access

@@ -10,7 +10,7 @@ from stream_monitor.alerts.policy import AlertPolicy, PolicyConfig, fuse
 from stream_monitor.types import Score
 
 SCHEMA_KEYS = {"alert_id", "event", "seq", "stream_id", "track_id", "score", "threshold", "detectors", "window",
-               "bbox", "calibrated", "models", "emitted_at", "worker"}
+               "bbox", "calibrated", "models", "emitted_at", "worker", "evidence"}
 
 
 def _score(p: float, t: float, det: str = "sta", track: int = 1) -> Score:
@@ -81,6 +81,7 @@ def test_payload_schema() -> None:
     (ev,) = policy.on_score(_score(0.9, 2.0, det="sta"))
     p = ev.payload
     assert set(p) == SCHEMA_KEYS
+    assert p["evidence"] is None  # the pipeline fills it in (stream_monitor.alerts.evidence)
     assert p["event"] == "start" and p["seq"] == 0 and p["stream_id"] == "cam1" and p["track_id"] == 1
     assert p["score"] == pytest.approx(0.65) and p["threshold"] == 0.5
     assert p["detectors"] == {"caddm": 0.4, "sta": 0.9}
@@ -134,3 +135,18 @@ def test_cooldown_zones_stay_bounded() -> None:
     assert len(policy._zones["cam1"]) <= 3
     policy.forget_stream("cam1")
     assert "cam1" not in policy._zones and policy.active_incidents() == 0
+
+
+def test_per_stream_threshold_overrides_the_global_one() -> None:
+    policy = _policy(start_after=1)  # global threshold 0.5
+    policy.set_threshold("cam1", 0.2)
+    assert policy.threshold_for("cam1") == 0.2 and policy.threshold_for("cam2") is None
+    (ev,) = policy.on_score(_score(0.3, 1.0))  # cam1: 0.3 >= its own 0.2
+    assert ev.event == "start" and ev.payload["threshold"] == 0.2
+    other = Score("cam2", 1, "sta", 0.3, start_pts=0.0, end_pts=1.0, frames=8, last_arrival=5001.0,
+                  bbox=(10.0, 20.0, 110.0, 140.0))
+    assert policy.on_score(other) == []  # cam2: 0.3 < the global 0.5
+    with pytest.raises(ValueError, match="threshold"):
+        policy.set_threshold("cam1", 1.5)
+    policy.forget_stream("cam1")  # a stream that goes takes its override with it
+    assert policy.threshold_for("cam1") is None

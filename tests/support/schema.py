@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
+SCHEMA: dict[str, Any] = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
           "threshold": float, "detectors": dict, "window": dict, "bbox": list, "calibrated": bool, "models": dict,
-          "emitted_at": str, "worker": str}
+          "emitted_at": str, "worker": str, "evidence": (dict, type(None))}
 # Added to every event when a calibration file (detectors.calibration) is applied.
 CALIBRATED = {"fpr": float, "raw": dict}
 
@@ -20,6 +20,9 @@ def check_schema(alert: dict[str, Any], calibrated: bool = False) -> None:
         value = alert[key]
         assert isinstance(value, kind) or (kind is float and isinstance(value, int)), (key, value)
     assert alert["event"] in ("start", "update", "end")
+    evidence = alert["evidence"]  # null, or the API paths of a start or end event's two JPEGs
+    assert evidence is None or (alert["event"] in ("start", "end") and set(evidence) == {"frame", "faces"}
+                                and all(v.startswith("/evidence/") and v.endswith(".jpg") for v in evidence.values())), evidence
     assert set(alert["window"]) == {"start_pts", "end_pts", "frames"} and alert["window"]["frames"] >= 1
     assert len(alert["bbox"]) == 4 and alert["calibrated"] is calibrated
     assert alert["detectors"] and all(0.0 <= p <= 1.0 for p in alert["detectors"].values())

@@ -3,7 +3,9 @@
 // Data: GET /events (Server-Sent Events: config, streams, live, alert, feed) and
 // GET /streams/{id}/live.mjpeg (the chosen stream's analysed frames). Both are GETs that a
 // browser makes without custom headers, so the API token goes in ?access_token= (RFC 6750
-// §2.3); fetch() calls send it as a bearer header. The token lives in sessionStorage (this
+// §2.3); fetch() calls send it as a bearer header. The alert history comes from GET /alerts
+// when the page opens; incidents' evidence JPEGs (GET /evidence/...) are fetched with the
+// header and shown from blob: URLs, so the token never goes into their URLs. The token lives in sessionStorage (this
 // tab only) and is asked for whenever the API answers 401.
 // Text from the server is always inserted with textContent, never as HTML.
 "use strict";
@@ -12,6 +14,8 @@ const TOKEN_KEY = "stream-monitor-token";
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const MAX_INCIDENTS = 200;
 const NEAR_FRACTION = 0.8; // "near" the threshold: fused >= 80 % of it
+const HISTORY_LIMIT = 100;  // alerts loaded from GET /alerts when the page opens
+const CHART_POINTS = 300;   // per-track score samples kept for the chart (about a minute at 5/s)
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -25,6 +29,10 @@ const state = {
   incidents: new Map(),  // alert_id -> {li, payload}
   seen: new Set(),       // alert_id:seq already shown (Redis delivery is at least once)
   publish: null,         // {pc, media, location, id}
+  blobs: new Map(),      // evidence URL -> Promise of its blob: URL
+  streamThreshold: null, // the chosen stream's threshold (its own, or the global one), from live events
+  track: null,           // chosen track id (of the chosen stream) for the score chart
+  series: new Map(),     // "stream|track" -> [{t, scores}] from live events
 };
 
 // ---------------------------------------------------------------- helpers
@@ -110,6 +118,7 @@ async function start() {
   }
   showError("");
   renderStreams((await resp.json()).streams || []);
+  await loadHistory();
   const es = new EventSource(withToken("/events"));
   state.events = es;
   es.onopen = () => setPill("connection", "live", "good");
@@ -172,6 +181,7 @@ function renderStreams(list) {
     }
     const [idCell, stateCell, fpsCell, facesCell, scoresCell] = row.cells;
     idCell.textContent = s.id;
+    if (s.name) idCell.append(el("div", { class: "stream-name muted", text: s.name }));
     idCell.title = s.url || "";
     stateCell.textContent = s.state;
     stateCell.className = "state state-" + s.state;
@@ -199,7 +209,10 @@ function choose(id) {
   $("viewer-title").textContent = "Stream " + id;
   $("boxes").replaceChildren();
   state.videoKey = null;
+  state.streamThreshold = null;
+  if (state.track !== null && !String(state.track).startsWith(id + "|")) state.track = null;
   refreshVideo();
+  drawChart();
 }
 
 // (Re)open the MJPEG feed when the chosen stream (re)starts; it ends with its stream.
@@ -220,11 +233,16 @@ function refreshVideo() {
   const key = `${s.id}|${s.started_at}|${s.sessions}`;
   if (live && key !== state.videoKey && !["ended", "stopped"].includes(s.state)) {
     state.videoKey = key;
-    img.src = withToken(`/streams/${encodeURIComponent(s.id)}/live.mjpeg`) + `&t=${Date.now()}`;
+    // t= makes each (re)open a new URL; "?" or "&" by whether a token was added.
+    const src = withToken(`/streams/${encodeURIComponent(s.id)}/live.mjpeg`);
+    img.src = src + (src.includes("?") ? "&" : "?") + `t=${Date.now()}`;
     img.hidden = false;
   }
   placeholder.hidden = live;
   if (!live) placeholder.textContent = `Stream ${s.id}: ${s.state}, waiting for frames…`;
+  const problem = $("stream-error");
+  problem.textContent = s.last_error ? `${s.id} last error: ${s.last_error}` : "";
+  problem.hidden = !s.last_error;
 }
 $("video").addEventListener("error", () => {
   // The feed broke (server restart, stream replaced): try again on the next streams event.
@@ -241,12 +259,14 @@ function level(fused, threshold) {
 
 function onLive(live) {
   if (live.stream_id !== state.selected || !live.width || !live.height) return;
+  state.streamThreshold = live.threshold;  // the stream's own threshold when it has one
   $("viewer").style.aspectRatio = `${live.width} / ${live.height}`;
   const boxes = live.faces.map((face) => {
     const [x1, y1, x2, y2] = face.box;
     const lvl = level(face.fused, live.threshold);
     const box = el("div", {
-      class: `face-box ${lvl}`, "data-track": String(face.track_id),
+      class: `face-box ${lvl}` + (state.track === `${live.stream_id}|${face.track_id}` ? " chosen" : ""),
+      "data-track": String(face.track_id),
       "data-fused": face.fused === null ? "" : String(face.fused), "data-level": lvl,
     });
     box.style.left = `${(100 * Math.max(0, x1)) / live.width}%`;
@@ -270,9 +290,138 @@ function onLive(live) {
     return box;
   });
   $("boxes").replaceChildren(...boxes);
+  recordScores(live);
 }
 
-// ---------------------------------------------------------------- alert timeline
+// ---------------------------------------------------------------- scores over time (chosen track)
+function recordScores(live) {
+  const now = Date.now();
+  for (const face of live.faces) {
+    if (!Object.keys(face.scores).length) continue;
+    const key = `${live.stream_id}|${face.track_id}`;
+    let points = state.series.get(key);
+    if (!points) { points = []; state.series.set(key, points); }
+    points.push({ t: now, scores: face.scores, fused: face.fused });
+    if (points.length > CHART_POINTS) points.splice(0, points.length - CHART_POINTS);
+  }
+  // Forget tracks not seen for two minutes: the map must not grow with every face ever seen.
+  for (const [key, points] of state.series) if (now - points[points.length - 1].t > 120000) state.series.delete(key);
+  if (state.track === null) {
+    const first = live.faces.find((f) => Object.keys(f.scores).length);
+    if (first) state.track = `${live.stream_id}|${first.track_id}`;
+  }
+  drawChart();
+}
+
+function chooseTrack(streamId, trackId) {
+  state.track = `${streamId}|${trackId}`;
+  drawChart();
+}
+
+const DETECTOR_COLOURS = { styleflow: "#4c8dff", sta: "#f5a524", caddm: "#2fbf71", fused: "#e5484d" };
+
+// One line per detector (and the fused score, red), 0..1 on the y axis, the last minute or so on x.
+function drawChart() {
+  const canvas = $("track-chart");
+  const title = $("track-title");
+  const points = state.track !== null && state.track.startsWith(state.selected + "|") ? state.series.get(state.track) : null;
+  canvas.hidden = !points || points.length < 1;
+  title.textContent = points ? `Track #${state.track.split("|").pop()}: scores over time` : "";
+  if (canvas.hidden) return;
+  const g = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = 6;
+  const yOf = (v) => pad + (1 - v) * (h - 2 * pad);  // 1 at the top, 0 at the bottom
+  g.clearRect(0, 0, w, h);
+  g.strokeStyle = "#333b46";
+  g.lineWidth = 1;
+  for (const v of [0, 0.5, 1]) { g.beginPath(); g.moveTo(0, yOf(v)); g.lineTo(w, yOf(v)); g.stroke(); }
+  const threshold = typeof state.streamThreshold === "number" ? state.streamThreshold : state.threshold;
+  if (typeof threshold === "number") {
+    g.setLineDash([4, 4]); g.strokeStyle = "#8b95a3";
+    const y = yOf(threshold);
+    g.beginPath(); g.moveTo(0, y); g.lineTo(w, y); g.stroke(); g.setLineDash([]);
+  }
+  const t0 = points[0].t, span = Math.max(1, points[points.length - 1].t - t0);
+  const names = new Set(points.flatMap((p) => Object.keys(p.scores)));
+  const legend = [];
+  for (const name of [...names, "fused"]) {
+    g.strokeStyle = DETECTOR_COLOURS[name] || "#c8cdd3";
+    g.lineWidth = name === "fused" ? 2 : 1.5;
+    g.beginPath();
+    let started = false;
+    for (const p of points) {
+      const v = name === "fused" ? p.fused : p.scores[name];
+      if (typeof v !== "number") continue;
+      const x = pad + ((p.t - t0) / span) * (w - 2 * pad), y = yOf(v);
+      if (started) g.lineTo(x, y); else { g.moveTo(x, y); started = true; }
+    }
+    g.stroke();
+    legend.push(el("span", { class: "chart-key", "data-detector": name, text: name }));
+    legend[legend.length - 1].style.color = DETECTOR_COLOURS[name] || "#c8cdd3";
+  }
+  $("track-legend").replaceChildren(...legend);
+}
+
+// ---------------------------------------------------------------- alert history and timeline
+// The latest alerts from GET /alerts (Redis's log, or this worker's memory without Redis),
+// shown oldest first through onAlert like live ones: duplicates of live events are skipped.
+async function loadHistory() {
+  let resp;
+  try {
+    resp = await fetch(`/alerts?limit=${HISTORY_LIMIT}`, { headers: authHeaders(), cache: "no-store" });
+  } catch (err) {
+    $("history-status").textContent = "alert history unavailable: " + err.message;
+    return;
+  }
+  if (!resp.ok) {
+    $("history-status").textContent = "alert history unavailable: " + (await errorText(resp));
+    return;
+  }
+  const body = await resp.json();
+  $("history-status").textContent = body.source === "redis" ? "history: Redis" : "history: this worker since it started";
+  for (const a of (body.alerts || []).slice().reverse()) onAlert(a);
+}
+
+// An evidence JPEG as a blob: URL (fetched once, with the token as a header). The file is
+// written just after its event: a 404 is retried a few times.
+function evidenceBlob(url) {
+  let pending = state.blobs.get(url);
+  if (!pending) {
+    pending = (async () => {
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const resp = await fetch(url, { headers: authHeaders() });
+        if (resp.ok) return URL.createObjectURL(await resp.blob());
+        if (resp.status !== 404) throw new Error(await errorText(resp));
+        await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
+      }
+      throw new Error("evidence not found (pruned?)");
+    })();
+    state.blobs.set(url, pending);
+    pending.catch(() => state.blobs.delete(url));
+  }
+  return pending;
+}
+
+// An incident left the timeline: free its images' blob: URLs.
+function forgetEvidence(evidence) {
+  for (const url of Object.values(evidence || {})) {
+    const pending = state.blobs.get(url);
+    if (!pending) continue;
+    state.blobs.delete(url);
+    pending.then((src) => URL.revokeObjectURL(src), () => {});
+  }
+}
+
+function evidenceImages(evidence) {
+  const box = el("div", { class: "evidence" });
+  for (const [kind, alt] of [["frame", "the frame when the alert started"], ["faces", "the window's face crops"]]) {
+    const img = el("img", { class: kind === "frame" ? "thumb" : "strip", alt, "data-kind": kind });
+    evidenceBlob(evidence[kind]).then((src) => { img.src = src; }, () => img.remove());
+    box.append(img);
+  }
+  return box;
+}
+
 function onAlert(a) {
   const key = `${a.alert_id}:${a.seq}`;
   if (state.seen.has(key)) return;
@@ -286,7 +435,9 @@ function onAlert(a) {
     $("timeline").prepend(li);
     while (state.incidents.size > MAX_INCIDENTS) {
       const [oldest] = state.incidents.keys();
-      state.incidents.get(oldest).li.remove();
+      const gone = state.incidents.get(oldest);
+      gone.li.remove();
+      forgetEvidence(gone.evidence);
       state.incidents.delete(oldest);
     }
   }
@@ -295,6 +446,10 @@ function onAlert(a) {
   inc.peak = Math.max(inc.peak, a.score);
   if (a.event === "start") inc.started = a.emitted_at;
   if (a.event === "update") inc.updates += 1;
+  if (a.evidence && !inc.evidenceBox) {  // the first: its start
+    inc.evidence = a.evidence;
+    inc.evidenceBox = evidenceImages(a.evidence);
+  }
   renderIncident(inc);
   $("timeline-empty").hidden = true;
 }
@@ -318,7 +473,11 @@ function renderIncident(inc) {
   if (a.calibrated === false) body.append(el("div", { text: "uncalibrated (random weights)" }));
   if (a.event === "end") body.append(el("div", { text: "ended " + clock(new Date(a.emitted_at)) }));
   li.replaceChildren(head, body);
-  li.onclick = () => { if (state.streams.has(a.stream_id)) choose(a.stream_id); };
+  if (inc.evidenceBox) li.append(inc.evidenceBox);
+  li.onclick = () => {
+    if (state.streams.has(a.stream_id)) choose(a.stream_id);
+    chooseTrack(a.stream_id, a.track_id);
+  };
 }
 
 // ---------------------------------------------------------------- publish this camera (WHIP)
