@@ -259,7 +259,7 @@ class Monitor:
         out = [] if self.ready else ["starting"]
         if self.fleet is not None:
             out += self.fleet.problems()
-        return out + self.sink.problems()
+        return out + self.engine.problems() + self.sink.problems()
 
     async def stop(self, grace: float = 10.0) -> None:
         self.ready = False
