@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from stream_monitor.app import Monitor
-from stream_monitor.config import load_config
+from stream_monitor.config import ConfigError, load_config
 from stream_monitor.inference.analysis import FrameAnalysis, StreamAnalysis
 from stream_monitor.inference.engine import AnalysisError, Engine
 from stream_monitor.metrics import Metrics
@@ -232,3 +232,9 @@ def test_a_lane_failing_for_unhealthy_after_s_makes_readyz_fail_until_it_recover
             await monitor.stop(grace=1.0)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon"])
+def test_unhealthy_after_s_must_be_a_positive_number(value: object) -> None:
+    with pytest.raises(ConfigError, match="detectors.unhealthy_after_s"):
+        load_config(overrides={"detectors": {"unhealthy_after_s": value}}, environ={})
