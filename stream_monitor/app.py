@@ -64,6 +64,7 @@ class StreamHandle:
             "id": self.id, "url": self.url, "transport": scheme_of(self.url), **sup,
             "faces": len(self.pipeline.last_faces), "tracks": stats.tracks, "frames_analysed": stats.frames_analysed,
             "windows": stats.windows, "alerts": stats.alerts, "last_scores": dict(stats.last_scores),
+            "inference_errors": stats.inference_errors, "last_inference_error": stats.last_inference_error,
         }
 
 

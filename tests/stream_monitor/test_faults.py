@@ -225,6 +225,19 @@ def test_a_lane_failing_for_unhealthy_after_s_makes_readyz_fail_until_it_recover
                 status, text = await api.call("GET", "/metrics", token=None)
                 assert 'stream_monitor_inference_errors_total{detector="caddm",kind="error"} 2.0' in text
 
+                # A stream's status names its failing windows (a live stream with a face: CADDM fails on each).
+                status, body = await api.call("POST", "/streams",
+                                              json={"id": "synth", "url": "synthetic:?fps=10&size=320x240"})
+                assert status == 201, body
+                deadline = time.monotonic() + 60
+                while True:
+                    status, stream = await api.call("GET", "/streams/synth")
+                    if status != 200 or stream["inference_errors"] or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+                assert status == 200 and stream["inference_errors"] > 0, stream
+                assert stream["last_inference_error"].startswith("caddm: RuntimeError('CUDA error: an illegal"), stream
+
                 broken["on"] = False  # recovered: the next window is scored, the lane is healthy
                 assert 0.0 <= await engine.score(_copy(clip, "a")) <= 1.0
                 assert await api.call("GET", "/readyz") == (200, {"ready": True})
