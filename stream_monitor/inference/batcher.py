@@ -155,7 +155,7 @@ class Batcher(Generic[Req, Res]):
         self.batches = 0
         self.shed = 0
         self.failing_since: float | None = None  # time.monotonic() of the current run of failures
-        self.last_error: BaseException | None = None
+        self.last_error: str | None = None  # repr of the latest failure (not the exception: its frames hold tensors)
 
     @property
     def pending(self) -> int:
@@ -285,20 +285,26 @@ class Batcher(Generic[Req, Res]):
         try:
             results = list(self._run_batch(requests))
         except Exception as exc:  # noqa: BLE001 - whatever a model raises belongs to its request(s)
-            if is_oom(exc):
-                run.ooms.append(exc)
-                _free_device_memory()
-                run.limit = max(1, len(requests) // 2)
-            if len(requests) == 1:
-                return [exc]
-            if run.limit is not None and len(requests) > run.limit:
-                return self._isolated(requests, run)
-            half = (len(requests) + 1) // 2
-            return self._isolated(requests[:half], run) + self._isolated(requests[half:], run)
-        if len(results) != len(requests):
-            err = RuntimeError(f"{self.name}: {len(results)} results for {len(requests)} requests")
-            return [err] * len(requests)
-        return results
+            failure: Exception = exc
+        else:
+            if len(results) != len(requests):
+                err = RuntimeError(f"{self.name}: {len(results)} results for {len(requests)} requests")
+                return [err] * len(requests)
+            return results
+        # Out of the except block: the failed batch's frames (and their tensors) are no longer
+        # held by the exception being handled.
+        if is_oom(failure):
+            # Its traceback's frames hold the batch's activations: drop them, then the cache.
+            failure.__traceback__ = None
+            run.ooms.append(failure)
+            _free_device_memory()
+            run.limit = max(1, len(requests) // 2)
+        if len(requests) == 1:
+            return [failure]
+        if run.limit is not None and len(requests) > run.limit:
+            return self._isolated(requests, run)
+        half = (len(requests) + 1) // 2
+        return self._isolated(requests[:half], run) + self._isolated(requests[half:], run)
 
     def _finish(self, job: "asyncio.Future[_Run[Res]]", futures: list["asyncio.Future[Res]"]) -> None:
         self._inflight -= 1
@@ -322,8 +328,11 @@ class Batcher(Generic[Req, Res]):
             elif not fut.done():
                 fut.set_result(outcome)
         if failed:
-            log.error("%s: %d of %d requests failed: %r", self.name, len(failed), len(futures), failed[-1])
-            self.last_error = failed[-1]
+            error = repr(failed[-1])
+            # The traceback once per distinct error: a lane failing on every batch would flood the log.
+            log.error("%s: %d of %d requests failed: %s", self.name, len(failed), len(futures), error,
+                      exc_info=failed[-1] if error != self.last_error else None)
+            self.last_error = error
         if len(failed) < len(futures):
             self.failing_since = None
         elif self.failing_since is None:

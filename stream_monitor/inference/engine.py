@@ -269,7 +269,7 @@ class Engine:
             since = lane.failing_since
             if since is not None and now - since >= limit:
                 what = "face detection" if name == "faces" else f"detector {name}"
-                out.append(f"{what} failing for {now - since:.0f}s: {lane.last_error!r}")
+                out.append(f"{what} failing for {now - since:.0f}s: {lane.last_error}")
         return out
 
     def batch_size(self, detector: str) -> int:

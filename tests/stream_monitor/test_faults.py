@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,6 +17,7 @@ import torch
 
 from stream_monitor.app import Monitor
 from stream_monitor.config import ConfigError, load_config
+from stream_monitor.inference import batcher
 from stream_monitor.inference.analysis import FrameAnalysis, StreamAnalysis
 from stream_monitor.inference.engine import AnalysisError, Engine
 from stream_monitor.metrics import Metrics
@@ -106,14 +108,20 @@ def test_one_failing_request_fails_alone_in_a_shared_batch() -> None:
     assert not engine.problems(), "the lane still works for everyone else"
 
 
-def test_out_of_memory_halves_the_batch_then_grows_it_back() -> None:
+def test_out_of_memory_halves_the_batch_then_grows_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = _engine(detectors=CADDM_EVERY_FRAME)
     memory = {"fits": 2}  # batches larger than this run out of "device memory"
+    activations: list[weakref.ref[torch.Tensor]] = []  # what each failed batch had allocated
+    emptied: list[bool] = []  # each cache emptying: whether the failed batch's tensors were released by then
 
     def fault(clips: Sequence[Clip]) -> None:
         if len(clips) > memory["fits"]:
+            activation = torch.ones(len(clips), 1024)
+            activations.append(weakref.ref(activation))
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(clips)} windows")
 
+    monkeypatch.setattr(batcher, "_free_device_memory",
+                        lambda: emptied.append(all(ref() is None for ref in activations)))
     calls = _wrap_run(engine, "caddm", fault)
 
     async def main() -> tuple[list[float], int, list[float], int]:
@@ -137,6 +145,9 @@ def test_out_of_memory_halves_the_batch_then_grows_it_back() -> None:
     assert calls[:6] == [8, 4, 2, 2, 2, 2], calls
     assert after_oom == 2, "the lane's batch size was halved, twice"
     assert _errors(engine, "caddm", "oom") == 2 and _errors(engine, "caddm", "error") == 0
+    # The cache was emptied after each OOM, once nothing held the failed batch's tensors (the
+    # exception's traceback would: its frames' locals).
+    assert emptied == [True, True]
     # Back to 8 by doubling after each full batch: 2, then 4, then the last 2 (the batch size is 8 again).
     assert len(second) == 8 and calls[6:] == [2, 4, 2] and grown == 8, (calls, grown)
 
