@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import time
 import weakref
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import aiohttp
@@ -19,7 +18,9 @@ from stream_monitor.app import Monitor
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.inference import batcher
 from stream_monitor.inference.analysis import FrameAnalysis, StreamAnalysis
+from stream_monitor.inference.batcher import Batcher
 from stream_monitor.inference.engine import AnalysisError, Engine
+from stream_monitor.inference.worker import InferenceWorker
 from stream_monitor.metrics import Metrics
 from stream_monitor.types import Clip
 from tests.stream_monitor.test_engine import _frames
@@ -195,7 +196,7 @@ def test_one_streams_failing_analysis_does_not_cost_another_stream_its_frames(
     assert sizes == 8 and batches == 4, "each face batch held a frame of both streams"
 
 
-def test_a_lane_failing_for_unhealthy_after_s_makes_readyz_fail_until_it_recovers(tmp_path: Path) -> None:
+def test_a_lane_failing_for_unhealthy_after_s_makes_readyz_fail_until_it_recovers() -> None:
     limit = 1.0
     overrides = small_config(detectors={**CADDM_EVERY_FRAME, "unhealthy_after_s": limit},
                              api={"port": 0, "token": "t0ken"}, alerts={"stdout": False})
@@ -262,3 +263,40 @@ def test_a_lane_failing_for_unhealthy_after_s_makes_readyz_fail_until_it_recover
 def test_unhealthy_after_s_must_be_a_positive_number(value: object) -> None:
     with pytest.raises(ConfigError, match="detectors.unhealthy_after_s"):
         load_config(overrides={"detectors": {"unhealthy_after_s": value}}, environ={})
+
+
+def test_only_full_batches_grow_the_batch_size_back() -> None:
+    """A batch smaller than the lowered limit says nothing about whether a larger one fits."""
+    sizes: list[int] = []
+    fits = {"n": 2}
+
+    def run(batch: list[int]) -> list[int]:
+        sizes.append(len(batch))
+        if len(batch) > fits["n"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return batch
+
+    worker = InferenceWorker()
+    worker.start()
+
+    async def main() -> list[int]:
+        lane = Batcher("t", worker, run, max_batch=4, max_wait_s=0.0, grow_after=2)
+        assert await asyncio.gather(*(lane.submit(i) for i in range(4))) == [0, 1, 2, 3]
+        assert lane.max_batch == 2
+        fits["n"] = 4
+        limits = []
+        for i in range(3):  # one request at a time: batches of 1, never full
+            await lane.submit(i)
+            limits.append(lane.max_batch)
+        for _ in range(2):  # two full batches of 2: back to 4
+            await asyncio.gather(lane.submit(0), lane.submit(1))
+            limits.append(lane.max_batch)
+        return limits
+
+    try:
+        assert asyncio.run(main()) == [2, 2, 2, 2, 4]
+    finally:
+        worker.stop()
+    assert sizes == [4, 2, 2, 1, 1, 1, 2, 2]
+    with pytest.raises(ValueError):
+        Batcher("t", worker, run, grow_after=0)
