@@ -34,10 +34,9 @@ later). The face lane's per-stream tracking/windowing runs in its own ``try``: a
 analysis raises gets an :class:`AnalysisError` for that frame and the other streams of the
 batch keep their results and tracker updates. Failures are counted in
 ``stream_monitor_inference_errors_total{detector, kind}`` (``detector="faces"`` for face
-detection; kinds :data:`~stream_monitor.metrics.INFERENCE_ERROR_KINDS`, and ``tracking``
-for the face lane), and a lane whose
-every request has failed for ``detectors.unhealthy_after_s`` is listed in :meth:`Engine.problems`
-(``/readyz`` answers 503) until it produces a result again.
+detection; kinds :data:`~stream_monitor.metrics.INFERENCE_ERROR_KINDS`, and ``tracking`` for
+the face lane), and a lane whose every request has failed for ``detectors.unhealthy_after_s``
+is listed in :meth:`Engine.problems` (``/readyz`` answers 503) until it produces a result again.
 
 Calibration (``detectors.calibration``): :meth:`Engine.load` reads and validates the file
 before building any model and, once they are built, refuses it (:class:`CalibrationError`,
@@ -56,7 +55,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -254,7 +253,7 @@ class Engine:
         out.update(self._lanes)
         return out
 
-    def _error_counter(self, lane: str) -> Any:
+    def _error_counter(self, lane: str) -> Callable[[str, BaseException], None]:
         def count(kind: str, exc: BaseException) -> None:
             self.metrics.inference_errors.labels(lane, kind).inc()
         return count
@@ -341,8 +340,9 @@ class Engine:
             try:
                 out.append(state.process(frame, faces, request.due, request.links))
             except Exception as exc:  # noqa: BLE001 - one stream's fault must not cost the others their frames
-                log.error("%s: tracking/windowing of frame %d failed", frame.stream_id, frame.seq, exc_info=exc)
-                error = AnalysisError(f"{frame.stream_id}: analysis of frame {frame.seq} failed: {exc!r}")
+                # No frame number in the message: the lane logs each distinct error's traceback
+                # once (the cause's, chained), a stream failing every frame does not flood the log.
+                error = AnalysisError(f"{frame.stream_id}: tracking/windowing failed: {exc!r}")
                 error.__cause__ = exc
                 out.append(error)
         return out
