@@ -156,6 +156,7 @@ class Batcher(Generic[Req, Res]):
         self.shed = 0
         self.failing_since: float | None = None  # time.monotonic() of the current run of failures
         self.last_error: str | None = None  # repr of the latest failure (not the exception: its frames hold tensors)
+        self._logged: str | None = None  # the error whose traceback was logged last
 
     @property
     def pending(self) -> int:
@@ -329,10 +330,13 @@ class Batcher(Generic[Req, Res]):
                 fut.set_result(outcome)
         if failed:
             error = repr(failed[-1])
-            # The traceback once per distinct error: a lane failing on every batch would flood the log.
+            # The traceback once per distinct error until a clean batch: a lane failing on every
+            # batch would flood the log with the same one.
             log.error("%s: %d of %d requests failed: %s", self.name, len(failed), len(futures), error,
-                      exc_info=failed[-1] if error != self.last_error else None)
-            self.last_error = error
+                      exc_info=failed[-1] if error != self._logged else None)
+            self.last_error = self._logged = error
+        else:
+            self._logged = None
         if len(failed) < len(futures):
             self.failing_since = None
         elif self.failing_since is None:
