@@ -68,6 +68,7 @@ class StreamHandle:
             "id": self.id, "url": self.url, "transport": scheme_of(self.url), **self.effective, **sup,
             "faces": len(self.pipeline.last_faces), "tracks": stats.tracks, "frames_analysed": stats.frames_analysed,
             "windows": stats.windows, "alerts": stats.alerts, "last_scores": dict(stats.last_scores),
+            "inference_errors": stats.inference_errors, "last_inference_error": stats.last_inference_error,
         }
 
 
@@ -286,7 +287,7 @@ class Monitor:
         out = [] if self.ready else ["starting"]
         if self.fleet is not None:
             out += self.fleet.problems()
-        return out + self.sink.problems()
+        return out + self.engine.problems() + self.sink.problems()
 
     async def stop(self, grace: float = 10.0) -> None:
         self.ready = False

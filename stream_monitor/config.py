@@ -274,6 +274,9 @@ class DetectorsConfig(_Section):
     # A file from `stream-monitor calibrate` (stream_monitor.calibration): calibrated probabilities,
     # fusion and thresholds at a target false-positive rate; it must be fitted for these models.
     calibration: Path | None = None
+    # A lane (a detector, or face detection) whose every request has failed for this long makes
+    # /readyz answer 503 with its last error, until it produces a result again.
+    unhealthy_after_s: float = Field(30.0, gt=0)
 
     @field_validator("compile", mode="before")
     @classmethod

@@ -18,6 +18,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ALERT_DROP_REASONS = ("overflow", "spool_error", "corrupt_spool", "shutdown")
+# inference_errors_total kinds: a batch out of device memory (retried smaller), a request that failed.
+INFERENCE_ERROR_KINDS = ("oom", "error")
+# The face lane's also: one stream's tracking/windowing of a frame raised.
+FACE_ERROR_KINDS = (*INFERENCE_ERROR_KINDS, "tracking")
 
 
 class Metrics:
@@ -50,6 +54,12 @@ class Metrics:
                                               ["detector"], buckets=_BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(p + "inference_seconds", "Wall time of one inference batch.",
                                            ["detector"], buckets=_INFER_BUCKETS, registry=r)
+        self.inference_errors = Counter(
+            p + "inference_errors_total",
+            "Inference failures by lane (detector, or faces) and kind: oom (a batch ran out of device memory; "
+            "it is rerun in smaller batches), error (a request failed: its frame or window got no result), "
+            "tracking (faces: one stream's tracking/windowing of a frame raised).",
+            ["detector", "kind"], registry=r)
         self.alert_latency = Histogram(p + "alert_latency_seconds",
                                        "Last frame of the window received -> alert published.",
                                        buckets=_LATENCY_BUCKETS, registry=r)

@@ -21,6 +21,10 @@ Consecutive-frame detectors (StyleFlow) make windows only of unbroken runs of fr
 in ``windows_discarded_total{detector,reason}``, whose series exist at zero for every enabled
 detector from the first stream on.
 
+A frame or window whose inference raised (not one shed under load) is logged and counted in
+:attr:`StreamStats.inference_errors` with :attr:`StreamStats.last_inference_error` (the stream's
+status in the API); the engine counts it per lane in ``inference_errors_total``.
+
 ``abort()`` (the stream's fleet lease is lost) stops the stream's processing at once: frames
 still queued in the engine are cancelled, results that arrive anyway are ignored, and
 ``close()`` then only ends the open incidents of its tracks (no final windows).
@@ -61,6 +65,10 @@ class StreamStats:
     windows: int = 0
     alerts: int = 0
     last_scores: dict[str, float] = field(default_factory=dict)
+    # Frames and windows of this stream whose inference raised (not those shed under load), and
+    # the latest such error: a failing detector otherwise shows only as missing scores.
+    inference_errors: int = 0
+    last_inference_error: str | None = None
 
 
 class StreamPipeline:
@@ -168,6 +176,7 @@ class StreamPipeline:
                 continue
             if exc is not None:
                 log.error("%s: frame analysis failed: %r", self.stream_id, exc)
+                self._failed("faces", exc)
                 continue
             analysis = fut.result()
             self.last_frame, self.last_faces = frame, analysis.faces
@@ -223,8 +232,10 @@ class StreamPipeline:
         self._unscored.discard(fut)
         if self._aborted or fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
             return
-        if fut.exception() is not None:
-            log.error("%s: %s window failed: %r", self.stream_id, clip.detector, fut.exception())
+        exc = fut.exception()
+        if exc is not None:
+            log.error("%s: %s window failed: %r", self.stream_id, clip.detector, exc)
+            self._failed(clip.detector, exc)
             return
         probability = fut.result()
         self._scores.setdefault(clip.track_id, {})[clip.detector] = probability
@@ -238,6 +249,10 @@ class StreamPipeline:
         if self.evidence is not None:
             self._last_window[clip.track_id] = window
         self._emit(self.policy.on_score(score), window)
+
+    def _failed(self, lane: str, exc: BaseException) -> None:
+        self.stats.inference_errors += 1
+        self.stats.last_inference_error = f"{lane}: {exc!r}"
 
     async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
         if pending:

@@ -29,6 +29,24 @@ Its contract:
 * **Work that must not be lost.** A request submitted with ``sheddable=False`` (a source
   that is not live: its producer waits for results instead) is never shed, by count or
   by age; such producers bound their own backlog.
+* **Faults stay with their request.** ``run_batch`` returns one result per request, in
+  order; an element that is an exception instance is that request's failure (the face lane
+  returns one for a stream whose tracking raised, so the other streams of the batch keep
+  theirs). When ``run_batch`` raises, the batch is split in halves and each half run again,
+  recursively down to single requests: only the request(s) that raise alone get the
+  exception, every other request gets its result. Each request that ends in an exception
+  calls ``on_error(kind, exc)`` (:func:`failure_kind`).
+* **Out of device memory.** A batch that raises :class:`torch.cuda.OutOfMemoryError` empties
+  torch's CUDA cache, and the lane's batch size (:attr:`Batcher.max_batch`) drops to half of
+  that batch (at least 1); the batch is rerun in pieces of that size (halved again if a
+  piece runs out too), so its requests still get results. Each such event calls
+  ``on_error("oom", exc)``; a single request that runs out of memory alone fails with it.
+  After ``grow_after`` consecutive full batches without a failure the batch size doubles,
+  back up to the configured ``max_batch`` (a batch smaller than the limit proves nothing).
+* **Health.** :attr:`Batcher.failing_since` is when the lane's current run of failures
+  began: set by a batch in which every request failed, cleared by any result. With
+  :attr:`Batcher.last_error` it tells the engine (``/readyz``) that a lane has produced
+  nothing for a while, which a failing model otherwise does silently.
 
 Everything here runs on the asyncio loop; only ``run_batch`` runs on the worker thread.
 """
@@ -39,7 +57,10 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, NamedTuple, Sequence, TypeVar
+
+import torch
 
 from .worker import InferenceWorker
 
@@ -51,6 +72,37 @@ Res = TypeVar("Res")
 
 class Shed(Exception):
     """The request was dropped under overload before it ran."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch running out of device memory (the type exists without CUDA too)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The ``kind`` label a failed request is counted under: ``"oom"`` for out of device
+    memory, the exception's own ``kind`` attribute when it has a string one (the engine's
+    per-stream analysis failure: ``"tracking"``), else ``"error"``."""
+    if is_oom(exc):
+        return "oom"
+    kind = getattr(exc, "kind", None)
+    return kind if isinstance(kind, str) else "error"
+
+
+def _free_device_memory() -> None:
+    # What the OOM left cached is released before the smaller retries; a no-op without CUDA.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class _Run(Generic[Res]):
+    """One batch's run on the worker thread, handed back to the loop."""
+
+    limit: int | None = None  # the batch size the OOMs left (None: no OOM)
+    ooms: list[BaseException] = field(default_factory=list)
+    outcomes: list["Res | BaseException"] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def stream_of(request: object) -> Hashable:
@@ -68,24 +120,30 @@ class _Waiting(NamedTuple, Generic[Req, Res]):
 class Batcher(Generic[Req, Res]):
     """One batching lane feeding ``run_batch`` (executed on the worker thread)."""
 
-    def __init__(self, name: str, worker: InferenceWorker, run_batch: Callable[[list[Req]], Sequence[Res]], *,
+    def __init__(self, name: str, worker: InferenceWorker,
+                 run_batch: Callable[[list[Req]], Sequence["Res | BaseException"]], *,
                  max_batch: int = 8, max_wait_s: float = 0.05, max_pending: int = 256, max_inflight: int = 1,
                  max_age_s: float | None = None, on_batch: Callable[[int, float], None] | None = None,
                  on_shed: Callable[[Req], None] | None = None,
-                 key: Callable[[Req], Hashable] = stream_of) -> None:
+                 on_error: Callable[[str, BaseException], None] | None = None,
+                 key: Callable[[Req], Hashable] = stream_of, grow_after: int = 16) -> None:
         if max_batch < 1 or max_pending < max_batch or max_inflight < 1 or max_wait_s < 0 or \
-                (max_age_s is not None and max_age_s <= 0):
+                (max_age_s is not None and max_age_s <= 0) or grow_after < 1:
             raise ValueError(f"bad batcher settings for {name}")
         self.name = name
         self._worker = worker
         self._run_batch = run_batch
-        self.max_batch = max_batch
+        self.max_batch = max_batch  # now: lowered after an out-of-memory batch, grown back later
+        self.configured_batch = max_batch
+        self.grow_after = grow_after
+        self._full_ok = 0  # consecutive full batches without a failure since max_batch last changed
         self.max_wait_s = max_wait_s
         self.max_pending = max_pending
         self.max_inflight = max_inflight
         self.max_age_s = max_age_s
         self._on_batch = on_batch
         self._on_shed = on_shed
+        self._on_error = on_error
         self._key = key
         self._queues: dict[Hashable, deque[_Waiting[Req, Res]]] = {}
         # Keys with waiting requests, in turn order: the head contributes first to the next batch.
@@ -96,6 +154,9 @@ class Batcher(Generic[Req, Res]):
         self._timer: asyncio.TimerHandle | None = None
         self.batches = 0
         self.shed = 0
+        self.failing_since: float | None = None  # time.monotonic() of the current run of failures
+        self.last_error: str | None = None  # repr of the latest failure (not the exception: its frames hold tensors)
+        self._logged: str | None = None  # the error whose traceback was logged last
 
     @property
     def pending(self) -> int:
@@ -206,35 +267,103 @@ class Batcher(Generic[Req, Res]):
         job = asyncio.wrap_future(self._worker.submit(lambda: self._timed(requests)))
         job.add_done_callback(lambda j: self._finish(j, futures))
 
-    def _timed(self, requests: list[Req]) -> tuple[list[Res], float]:
+    def _timed(self, requests: list[Req]) -> _Run[Res]:
         # Runs on the worker thread: measure compute time, not time spent queued.
+        run: _Run[Res] = _Run()
         t0 = time.perf_counter()
-        results = list(self._run_batch(requests))
-        return results, time.perf_counter() - t0
+        run.outcomes = self._isolated(requests, run)
+        run.seconds = time.perf_counter() - t0
+        return run
 
-    def _finish(self, job: "asyncio.Future[tuple[list[Res], float]]", futures: list["asyncio.Future[Res]"]) -> None:
+    def _isolated(self, requests: list[Req], run: _Run[Res]) -> list["Res | BaseException"]:
+        """One outcome per request: ``run_batch``'s, or where it raised, the halves' (worker thread)."""
+        if run.limit is not None and len(requests) > run.limit:
+            # An earlier OOM of this batch: no use trying more at once than what it left.
+            out: list[Res | BaseException] = []
+            while len(out) < len(requests):
+                out += self._isolated(requests[len(out):len(out) + run.limit], run)
+            return out
+        try:
+            results = list(self._run_batch(requests))
+        except Exception as exc:  # noqa: BLE001 - whatever a model raises belongs to its request(s)
+            failure: Exception = exc
+        else:
+            if len(results) != len(requests):
+                err = RuntimeError(f"{self.name}: {len(results)} results for {len(requests)} requests")
+                return [err] * len(requests)
+            return results
+        # Out of the except block: the failed batch's frames (and their tensors) are no longer
+        # held by the exception being handled.
+        if is_oom(failure):
+            # Its traceback's frames hold the batch's activations: drop them, then the cache.
+            failure.__traceback__ = None
+            run.ooms.append(failure)
+            _free_device_memory()
+            run.limit = max(1, len(requests) // 2)
+        if len(requests) == 1:
+            return [failure]
+        if run.limit is not None and len(requests) > run.limit:
+            return self._isolated(requests, run)
+        half = (len(requests) + 1) // 2
+        return self._isolated(requests[:half], run) + self._isolated(requests[half:], run)
+
+    def _finish(self, job: "asyncio.Future[_Run[Res]]", futures: list["asyncio.Future[Res]"]) -> None:
         self._inflight -= 1
         self.batches += 1
         exc = job.exception()
-        if exc is not None:
-            log.error("%s batch of %d failed: %r", self.name, len(futures), exc)
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(exc)
+        if exc is not None:  # not an Exception (run_batch's are caught on the worker): fail them all
+            run: _Run[Res] = _Run(outcomes=[exc] * len(futures))
         else:
-            results, seconds = job.result()
-            if self._on_batch is not None:
-                self._on_batch(len(futures), seconds)
-            if len(results) != len(futures):
-                err = RuntimeError(f"{self.name}: {len(results)} results for {len(futures)} requests")
-                for fut in futures:
-                    if not fut.done():
-                        fut.set_exception(err)
-            else:
-                for fut, res in zip(futures, results):
-                    if not fut.done():
-                        fut.set_result(res)
+            run = job.result()
+        for oom in run.ooms:
+            self._count("oom", oom)
+        failed = [o for o in run.outcomes if isinstance(o, BaseException)]
+        if self._on_batch is not None and len(failed) < len(futures):
+            self._on_batch(len(futures), run.seconds)
+        for fut, outcome in zip(futures, run.outcomes):
+            if isinstance(outcome, BaseException):
+                if not is_oom(outcome):  # an OOM was counted where it happened
+                    self._count(failure_kind(outcome), outcome)
+                if not fut.done():
+                    fut.set_exception(outcome)
+            elif not fut.done():
+                fut.set_result(outcome)
+        if failed:
+            error = repr(failed[-1])
+            # The traceback once per distinct error until a clean batch: a lane failing on every
+            # batch would flood the log with the same one.
+            log.error("%s: %d of %d requests failed: %s", self.name, len(failed), len(futures), error,
+                      exc_info=failed[-1] if error != self._logged else None)
+            self.last_error = self._logged = error
+        else:
+            self._logged = None
+        if len(failed) < len(futures):
+            self.failing_since = None
+        elif self.failing_since is None:
+            self.failing_since = time.monotonic()
+        self._adapt(len(futures), run, bool(failed))
         self._schedule()
+
+    def _count(self, kind: str, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(kind, exc)
+
+    def _adapt(self, size: int, run: _Run[Res], failed: bool) -> None:
+        """Lower the batch size after an OOM; double it back after ``grow_after`` full batches."""
+        if run.limit is not None:
+            if run.limit < self.max_batch:
+                log.warning("%s: out of device memory in a batch of %d; batches of at most %d now (%r)",
+                            self.name, size, run.limit, run.ooms[-1])
+                self.max_batch = run.limit
+            self._full_ok = 0
+        elif failed or self.max_batch >= self.configured_batch:
+            self._full_ok = 0
+        elif size >= self.max_batch:
+            self._full_ok += 1
+            if self._full_ok >= self.grow_after:
+                self.max_batch = min(self.configured_batch, 2 * self.max_batch)
+                self._full_ok = 0
+                log.info("%s: batches of up to %d again", self.name, self.max_batch)
 
     def fail_pending(self, reason: str) -> None:
         """Fail every waiting request (shutdown)."""

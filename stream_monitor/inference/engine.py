@@ -27,6 +27,17 @@ batches mix streams round-robin, and under overload a lane sheds the oldest requ
 its busiest stream, counted as ``frames_dropped_total{stream, stage}`` (stage ``faces``
 or ``window_<detector>``), so one flooding stream cannot starve the others.
 
+Faults (:mod:`~stream_monitor.inference.batcher`): a request that raises fails alone — a
+failing batch is split and rerun down to the offending request(s), and a batch that runs out
+of device memory is rerun in smaller pieces while the lane's batch size drops (and grows back
+later). The face lane's per-stream tracking/windowing runs in its own ``try``: a stream whose
+analysis raises gets an :class:`AnalysisError` for that frame and the other streams of the
+batch keep their results and tracker updates. Failures are counted in
+``stream_monitor_inference_errors_total{detector, kind}`` (``detector="faces"`` for face
+detection; kinds :data:`~stream_monitor.metrics.INFERENCE_ERROR_KINDS`, and ``tracking`` for
+the face lane), and a lane whose every request has failed for ``detectors.unhealthy_after_s``
+is listed in :meth:`Engine.problems` (``/readyz`` answers 503) until it produces a result again.
+
 Calibration (``detectors.calibration``): :meth:`Engine.load` reads and validates the file
 before building any model and, once they are built, refuses it (:class:`CalibrationError`,
 the service does not start) unless it was fitted for exactly the running detectors and
@@ -42,8 +53,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -54,7 +66,7 @@ from ..config import Config, DetectorsConfig
 from ..faces.detect import FaceDetector, create_detector
 from ..faces.landmarks import Landmarker, create_landmarker
 from ..faces.roi import RegionDetector
-from ..metrics import Metrics
+from ..metrics import FACE_ERROR_KINDS, INFERENCE_ERROR_KINDS, Metrics
 from ..types import BBox, Clip, Frame
 from ..weights import model_name, resolve_all
 from ..windows import DetectionGate, Link, WindowSpec
@@ -93,6 +105,14 @@ def model_ids_for(dcfg: DetectorsConfig) -> dict[str, str]:
     resolved = {} if dcfg.random_weights else resolve_all(dcfg)
     return {d: model_fingerprint(model_name(d, dcfg), resolved[d].files if d in resolved else ())
             for d in dcfg.enabled}
+
+
+class AnalysisError(Exception):
+    """A stream's tracking/windowing of one frame raised (the cause is chained); counted as
+    ``inference_errors_total{detector="faces", kind="tracking"}``. Only that stream's frame
+    fails: the other streams of the face batch keep their results."""
+
+    kind = "tracking"
 
 
 @dataclass(frozen=True)
@@ -218,9 +238,38 @@ class Engine:
         self._faces = Batcher("faces", self.worker, self._detect_batch, max_batch=fc.batch_size,
                               max_wait_s=0.02, max_pending=max(64, 4 * fc.batch_size), max_inflight=1,
                               on_batch=lambda n, s: self._observe("faces", n, s),
-                              on_shed=lambda f: m.frames_dropped.labels(f.stream_id, "faces").inc())
+                              on_shed=lambda f: m.frames_dropped.labels(f.stream_id, "faces").inc(),
+                              on_error=self._error_counter("faces"))
         for detector, runner in self.runners.items():
             self._lanes[detector] = self._lane(detector, runner)
+        for lane in self.lanes:  # zero series: dashboards and alert rules see 0, not "no data"
+            for kind in FACE_ERROR_KINDS if lane == "faces" else INFERENCE_ERROR_KINDS:
+                m.inference_errors.labels(lane, kind)
+
+    @property
+    def lanes(self) -> dict[str, Batcher[Any, Any]]:
+        """Every batching lane by name: ``faces`` and each enabled detector (after :meth:`start`)."""
+        out: dict[str, Batcher[Any, Any]] = {} if self._faces is None else {"faces": self._faces}
+        out.update(self._lanes)
+        return out
+
+    def _error_counter(self, lane: str) -> Callable[[str, BaseException], None]:
+        def count(kind: str, exc: BaseException) -> None:
+            self.metrics.inference_errors.labels(lane, kind).inc()
+        return count
+
+    def problems(self) -> list[str]:
+        """Lanes whose every request has failed for ``detectors.unhealthy_after_s`` or longer,
+        with their last error (for ``/readyz``); empty when every lane works."""
+        limit = self.cfg.detectors.unhealthy_after_s
+        now = time.monotonic()
+        out = []
+        for name, lane in self.lanes.items():
+            since = lane.failing_since
+            if since is not None and now - since >= limit:
+                what = "face detection" if name == "faces" else f"detector {name}"
+                out.append(f"{what} failing for {now - since:.0f}s: {lane.last_error}")
+        return out
 
     def batch_size(self, detector: str) -> int:
         """``detectors.<d>.batch_size``, or its device default (see the config field)."""
@@ -239,7 +288,8 @@ class Engine:
         return Batcher(detector, self._worker_for(detector), runner.run, max_batch=batch,
                        max_wait_s=dc.max_wait_ms / 1000, max_pending=max(32, 8 * batch), max_inflight=1,
                        max_age_s=dc.max_queue_s,
-                       on_batch=lambda n, s: self._observe(detector, n, s), on_shed=shed)
+                       on_batch=lambda n, s: self._observe(detector, n, s), on_shed=shed,
+                       on_error=self._error_counter(detector))
 
     async def stop(self) -> None:
         for lane in [self._faces, *self._lanes.values()]:
@@ -267,19 +317,34 @@ class Engine:
             self._last_full[sid] = pts  # now, so later frames of this batch use regions
         return priors
 
-    def _detect_batch(self, requests: list[DetectRequest]) -> list[FrameAnalysis]:
+    def _detect_batch(self, requests: list[DetectRequest]) -> list[FrameAnalysis | AnalysisError]:
+        """Face detection of the batch, then each stream's tracking/windowing (worker thread).
+
+        Detection runs for the whole batch before any tracker moves: when it raises, the lane
+        reruns the batch in halves, and no frame has been tracked twice. Each stream's
+        post-processing runs in its own ``try``: its failure is that frame's
+        :class:`AnalysisError`, the other streams' frames are tracked and returned as usual."""
         assert self.regions is not None
         priors = [self._priors(r.frame) for r in requests]
         found = self.regions.detect([r.frame.image for r in requests], priors)
-        out = []
+        out: list[FrameAnalysis | AnalysisError] = []
         for request, (faces, mode) in zip(requests, found):
             frame = request.frame
             self.metrics.face_detections.labels(mode).inc()
             if mode == "fallback":
                 self._last_full[frame.stream_id] = frame.pts
             state = self._streams.get(frame.stream_id)
-            out.append(state.process(frame, faces, request.due, request.links) if state is not None
-                       else FrameAnalysis(frame.stream_id, frame.seq, frame.pts))
+            if state is None:
+                out.append(FrameAnalysis(frame.stream_id, frame.seq, frame.pts))
+                continue
+            try:
+                out.append(state.process(frame, faces, request.due, request.links))
+            except Exception as exc:  # noqa: BLE001 - one stream's fault must not cost the others their frames
+                # No frame number in the message: the lane logs each distinct error's traceback
+                # once (the cause's, chained), a stream failing every frame does not flood the log.
+                error = AnalysisError(f"{frame.stream_id}: tracking/windowing failed: {exc!r}")
+                error.__cause__ = exc
+                out.append(error)
         return out
 
     async def _on_worker(self, fn: Any) -> Any:
