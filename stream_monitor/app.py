@@ -22,7 +22,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from .alerts.policy import AlertPolicy, PolicyConfig
-from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RedisPublisher
+from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RedisPublisher, redis_publishers
 from .config import Config
 from .errors import StreamMonitorError
 from .fleet import Fleet
@@ -112,6 +112,9 @@ class Monitor:
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self.fleet: Fleet | None = Fleet(self, cfg, worker_name(cfg)) if cfg.fleet.enabled else None
+        if self.fleet is not None:
+            for publisher in redis_publishers(self.sink):  # Redis refused an alert: the stream is lost
+                publisher.on_stale = self.fleet.fenced_out
         # What URLs from the network may open (stream_monitor.ingest.policy).
         self.source_guard: SourceGuard = stream_guard(cfg)
         self.predict_guard: SourceGuard = predict_guard(cfg)
@@ -190,7 +193,8 @@ class Monitor:
         if self.fleet is not None and not leased:
             await self.fleet.claim_local(stream_id)
         try:
-            pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics)
+            pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics,
+                                      lease_epoch=self.fleet.epoch(stream_id) if self.fleet is not None else None)
             await pipeline.open()
         except BaseException:
             if self.fleet is not None and not leased:

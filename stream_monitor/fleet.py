@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .alerts.policy import AlertEvent, iso_time
 from .config import Config
 from .errors import SourceRefused, StreamMonitorError
 from .ingest.urls import redact
@@ -70,29 +71,44 @@ _WATCH_S = 0.1
 _DRIFT_FRACTION = 0.05
 _MIN_MARGIN_S = 0.2
 
-# KEYS[1] desired hash, KEYS[2] lease; ARGV: worker, ttl ms, stream id. 1 when the lease is
-# ours now (free, or already ours: a restarted worker with the same name), else 0; never
-# for a stream deleted meanwhile.
-_CLAIM = """
-if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
-local owner = redis.call('GET', KEYS[2])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 1
+# A lease's value is ``<epoch>:<worker>``; the epoch comes from ``INCR P:epoch:{id}`` at every
+# claim, so each ownership of a stream has its own number, larger than every earlier one's.
+# (A value without ``<epoch>:`` is read as an owner with no epoch.)
+_OWNER = """
+local function owner_of(value)
+  if not value then return nil end
+  local rest = string.match(value, '^%d+:(.*)$')
+  return rest or value
+end
 """
-# KEYS[1] desired hash, KEYS[2] lease; ARGV: worker, ttl ms, stream id. A stream outside the
-# desired set (WHIP): -1 when the id is a desired stream's, 1 when the lease is ours, 0 taken.
+# KEYS[1] desired hash, KEYS[2] lease, KEYS[3] epoch counter; ARGV: worker, ttl ms, stream id.
+# The new epoch when the lease is ours now (free, or held under our name: a restarted worker
+# with the same name), else 0; never for a stream deleted meanwhile.
+_CLAIM = _OWNER + """
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
+local owner = owner_of(redis.call('GET', KEYS[2]))
+if owner and owner ~= ARGV[1] then return 0 end
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
+return epoch
+"""
+# KEYS[1] desired hash, KEYS[2] lease, KEYS[3] epoch counter; ARGV: worker, ttl ms, stream id.
+# A stream outside the desired set (WHIP): -1 when the id is a desired stream's, the new epoch
+# when the lease is ours, 0 when taken.
 _CLAIM_LOCAL = """
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return -1 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
+return epoch
 """
-# KEYS: leases; ARGV: worker, ttl ms. Per key 1 when renewed (still ours), else 0.
+# KEYS: leases; ARGV[1] ttl ms, ARGV[1 + i] the value KEYS[i] holds while it is ours. Per key
+# 1 when renewed (still ours, same epoch), else 0.
 _RENEW = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
     out[i] = 1
   else
     out[i] = 0
@@ -100,13 +116,13 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-# KEYS[1] lease; ARGV[1] worker. Deletes the lease only when it is ours.
+# KEYS[1] lease; ARGV[1] our lease value. Deletes the lease only when it is ours.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS[1] desired hash, KEYS[2] lease; ARGV: worker, stream id. A finished stream: drop it
-# from the desired set and release, only while the lease is ours.
+# KEYS[1] desired hash, KEYS[2] lease; ARGV: our lease value, stream id. A finished stream:
+# drop it from the desired set and release, only while the lease is ours.
 _FINISH = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
@@ -123,6 +139,14 @@ return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
+def owner_of(value: str | None) -> str | None:
+    """The worker named by a lease value ``<epoch>:<worker>`` (a value without an epoch: itself)."""
+    if value is None:
+        return None
+    epoch, sep, owner = value.partition(":")
+    return owner if sep and epoch.isdigit() else value
+
+
 class FleetUnavailable(StreamMonitorError):
     """Redis cannot be reached, so the fleet cannot be read or changed now."""
 
@@ -137,6 +161,7 @@ class _Lease:
     desired: bool  # in P:streams; False for a stream only this worker can run (WHIP)
     valid_until: float  # time.monotonic() deadline for processing the stream
     pipeline: "StreamPipeline | None" = None  # the run the lease covers (set once it starts)
+    epoch: int = 0  # this ownership's number (INCR P:epoch:{id} at the claim)
     stopping: str | None = None  # why we are stopping it ("deleted"), if we are
 
 
@@ -188,6 +213,17 @@ class Fleet:
 
     def worker_key(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
+
+    def epoch_key(self, stream_id: str) -> str:
+        return f"{self.prefix}:epoch:{stream_id}"
+
+    def open_key(self, stream_id: str) -> str:
+        return f"{self.prefix}:open:{stream_id}"
+
+    def epoch(self, stream_id: str) -> int | None:
+        """The epoch of our lease on ``stream_id`` (``None`` when we hold none)."""
+        lease = self._leases.get(stream_id)
+        return lease.epoch if lease is not None else None
 
     @property
     def owned(self) -> list[str]:
@@ -297,7 +333,7 @@ class Fleet:
         self.metrics.streams_unassigned.set(len(unassigned))
         self.metrics.fleet_workers.set(len(workers))
         claimable = [i for i, owner in zip(ids, owners)
-                     if (owner is None or owner == self.name) and i not in self._leases and not self.monitor.busy(i)]
+                     if (owner is None or owner_of(owner) == self.name) and i not in self._leases and not self.monitor.busy(i)]
         if self._claiming and claimable and len(self._leases) < self.cfg.capacity and self._least_loaded(workers):
             stream_id = random.choice(claimable)  # random: workers claiming at once rarely collide
             await self._claim(stream_id, json.loads(desired[stream_id]))
@@ -314,7 +350,8 @@ class Fleet:
         if not ids:
             return
         sent = time.monotonic()
-        renewed = await self._s_renew(keys=[self.lease_key(i) for i in ids], args=[self.name, self._ttl_ms])
+        renewed = await self._s_renew(keys=[self.lease_key(i) for i in ids],
+                                      args=[self._ttl_ms, *(self._value(self._leases[i]) for i in ids)])
         for stream_id, ok in zip(ids, renewed):
             lease = self._leases.get(stream_id)
             if lease is None:
@@ -349,11 +386,13 @@ class Fleet:
 
     async def _claim(self, stream_id: str, entry: dict[str, Any]) -> None:
         sent = time.monotonic()
-        if not await self._s_claim(keys=[self.streams_key, self.lease_key(stream_id)],
-                                   args=[self.name, self._ttl_ms, stream_id]):
+        epoch = int(await self._s_claim(keys=[self.streams_key, self.lease_key(stream_id), self.epoch_key(stream_id)],
+                                        args=[self.name, self._ttl_ms, stream_id]))
+        if not epoch:
             return
-        lease = _Lease(stream_id, desired=True, valid_until=sent + self.ttl_s - self.margin_s)
+        lease = _Lease(stream_id, desired=True, valid_until=sent + self.ttl_s - self.margin_s, epoch=epoch)
         self._leases[stream_id] = lease
+        await self._end_orphans(stream_id, epoch)
         try:
             handle = await self.monitor.add_stream(stream_id, str(entry["url"]), leased=True)
         except SourceRefused as exc:
@@ -379,15 +418,18 @@ class Fleet:
 
         sent = time.monotonic()
         try:
-            got = await self._s_claim_local(keys=[self.streams_key, self.lease_key(stream_id)],
-                                            args=[self.name, self._ttl_ms, stream_id])
+            got = int(await self._s_claim_local(
+                keys=[self.streams_key, self.lease_key(stream_id), self.epoch_key(stream_id)],
+                args=[self.name, self._ttl_ms, stream_id]))
         except RedisError as exc:
             raise FleetUnavailable(f"cannot reach redis to lease stream {stream_id!r}: {exc}") from exc
         if got == -1:
             raise StreamExists(f"stream {stream_id!r} is one of the fleet's desired streams")
         if got == 0:
             raise StreamExists(f"stream {stream_id!r} is running on another worker")
-        self._leases[stream_id] = _Lease(stream_id, desired=False, valid_until=sent + self.ttl_s - self.margin_s)
+        self._leases[stream_id] = _Lease(stream_id, desired=False, valid_until=sent + self.ttl_s - self.margin_s,
+                                         epoch=got)
+        await self._end_orphans(stream_id, got)
 
     def bind(self, stream_id: str, pipeline: "StreamPipeline") -> None:
         """The stream under a local lease has started with ``pipeline``."""
@@ -417,20 +459,23 @@ class Fleet:
 
     async def _finish(self, stream_id: str, reason: str, pipeline: "StreamPipeline | None") -> None:
         """A desired stream of ours is over for good: it leaves the desired set with its lease."""
-        self._leases.pop(stream_id, None)
+        lease = self._leases.pop(stream_id, None)
         try:
-            await self._s_finish(keys=[self.streams_key, self.lease_key(stream_id)], args=[self.name, stream_id])
+            if lease is not None:
+                await self._s_finish(keys=[self.streams_key, self.lease_key(stream_id)],
+                                     args=[self._value(lease), stream_id])
         except RedisError as exc:
             log.warning("fleet: could not remove ended stream %s (%s); its lease expires", stream_id, exc)
         self._record(stream_id, "ended", reason, pipeline)
 
     async def _release(self, stream_id: str, event: str | None, reason: str | None,
                        pipeline: "StreamPipeline | None" = None) -> None:
-        self._leases.pop(stream_id, None)
+        lease = self._leases.pop(stream_id, None)
         if event is not None:
             self._record(stream_id, event, reason, pipeline)  # before the key goes: no overlap in records
         try:
-            await self._s_release(keys=[self.lease_key(stream_id)], args=[self.name])
+            if lease is not None:
+                await self._s_release(keys=[self.lease_key(stream_id)], args=[self._value(lease)])
         except RedisError as exc:
             log.warning("fleet: could not release %s (%s); it expires in %.0fs", stream_id, exc, self.ttl_s)
         self._wake.set()
@@ -443,6 +488,37 @@ class Fleet:
         self.monitor.abort_stream(stream_id)
         log.error("fleet: stream %s stopped: %s", stream_id, reason)
         self._record(stream_id, "lost", reason, lease.pipeline)
+
+    def fenced_out(self, stream_id: str, epoch: int) -> None:
+        """Redis refused an alert of ``stream_id`` under ``epoch``: a later owner has claimed the
+        stream. If that is our current lease (we have not noticed yet: a pause past the TTL),
+        the stream is lost here at once."""
+        lease = self._leases.get(stream_id)
+        if lease is not None and lease.epoch == epoch:
+            self._lost(stream_id, f"redis refused its alerts: epoch {epoch} is no longer the stream's")
+
+    async def _end_orphans(self, stream_id: str, epoch: int) -> None:
+        """End the incidents a previous owner left open on ``stream_id`` (it was killed, or
+        paused past its lease): ``P:open:{id}`` holds the last event of each. Each gets an
+        ``end`` with ``reason`` ``owner_lost``, our worker name and ``epoch``, and the next
+        ``seq``, queued before anything of our own run of the stream. The previous owner can
+        write nothing more (its epoch is older than ``epoch`` now), so the snapshot is final."""
+        try:
+            raw = cast(dict[str, str], await self._redis().hgetall(self.open_key(stream_id)))
+        except RedisError as exc:
+            log.warning("fleet: cannot read %s's open incidents (%s); they stay open", stream_id, exc)
+            return
+        for alert_id, text in sorted(raw.items()):
+            try:
+                last = json.loads(text)
+                payload = {**last, "event": "end", "seq": int(last["seq"]) + 1,
+                           "emitted_at": iso_time(time.time()), "worker": self.name, "lease_epoch": epoch,
+                           "reason": "owner_lost"}
+            except (ValueError, TypeError, KeyError):
+                log.error("fleet: unreadable open incident %s of %s; skipped", alert_id, stream_id)
+                continue
+            log.info("fleet: ending incident %s of %s: its owner lost the stream", alert_id, stream_id)
+            self.monitor.sink.publish(AlertEvent(payload, time.time()))
 
     async def _stop_local(self, stream_id: str) -> None:
         from .app import UnknownStream
@@ -515,7 +591,8 @@ class Fleet:
         ids = sorted(set(desired) | set(remote) | set(self._leases))
         owners = await self._call(r.mget([self.lease_key(i) for i in ids])) if ids else []
         streams = []
-        for stream_id, owner in zip(ids, owners):
+        for stream_id, value in zip(ids, owners):
+            owner = owner_of(value)
             local = self.monitor.streams.get(stream_id)
             if owner is None and stream_id not in desired:
                 continue  # a stale heartbeat entry
@@ -532,6 +609,10 @@ class Fleet:
                             for w in sorted(workers, key=lambda w: str(w.get("name")))]}
 
     # ------------------------------------------------------------------ helpers
+
+    def _value(self, lease: _Lease) -> str:
+        """What ``P:lease:{id}`` holds while ``lease`` is ours."""
+        return f"{lease.epoch}:{self.name}"
 
     @property
     def _ttl_ms(self) -> int:

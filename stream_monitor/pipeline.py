@@ -59,8 +59,13 @@ class StreamStats:
 
 class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
-                 max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8) -> None:
+                 max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8,
+                 lease_epoch: int | None = None) -> None:
         self.stream_id = stream_id
+        # The fleet lease this run holds (fleet.py), stamped on every alert event it emits so
+        # that Redis refuses them once a later owner has claimed the stream. Fixed for the run:
+        # an aborted run's last events must keep the epoch they were made under.
+        self.lease_epoch = lease_epoch
         self.engine = engine
         self.policy = policy
         self.sink = sink
@@ -229,6 +234,8 @@ class StreamPipeline:
     def _emit(self, events: list[Any]) -> None:
         for event in events:
             self.stats.alerts += 1
+            if self.lease_epoch is not None:
+                event.payload["lease_epoch"] = self.lease_epoch
             self.sink.publish(event)
 
     def _spawn(self, coro: Any) -> None:
