@@ -48,7 +48,7 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 import redis.asyncio as aioredis
@@ -162,6 +162,8 @@ class _Lease:
     valid_until: float  # time.monotonic() deadline for processing the stream
     pipeline: "StreamPipeline | None" = None  # the run the lease covers (set once it starts)
     epoch: int = 0  # this ownership's number (INCR P:epoch:{id} at the claim)
+    # Incidents a previous owner left open (P:open:{id} at the claim), ended once we start.
+    orphans: dict[str, str] = field(default_factory=dict)
     stopping: str | None = None  # why we are stopping it ("deleted"), if we are
 
 
@@ -392,13 +394,14 @@ class Fleet:
             return
         lease = _Lease(stream_id, desired=True, valid_until=sent + self.ttl_s - self.margin_s, epoch=epoch)
         self._leases[stream_id] = lease
-        await self._end_orphans(stream_id, epoch)
+        lease.orphans = await self._orphans(stream_id)
         try:
             handle = await self.monitor.add_stream(stream_id, str(entry["url"]), leased=True)
         except SourceRefused as exc:
             # Not allowed by this worker's api.source_hosts/source_roots: claiming it again would
             # be refused again, so it leaves the desired set like a stream that ended.
             log.error("fleet: desired stream %s refused: %s", stream_id, exc)
+            self._end_orphans(lease)  # nobody will run it again to end them
             await self._finish(stream_id, f"refused: {exc}", None)
             return
         except Exception as exc:
@@ -407,6 +410,7 @@ class Fleet:
             return
         lease.pipeline = handle.pipeline
         self._record(stream_id, "acquired", None)
+        self._end_orphans(lease)
 
     async def claim_local(self, stream_id: str) -> None:
         """Lease ``stream_id`` for a stream that only this worker can run (a WHIP publisher).
@@ -427,17 +431,18 @@ class Fleet:
             raise StreamExists(f"stream {stream_id!r} is one of the fleet's desired streams")
         if got == 0:
             raise StreamExists(f"stream {stream_id!r} is running on another worker")
-        self._leases[stream_id] = _Lease(stream_id, desired=False, valid_until=sent + self.ttl_s - self.margin_s,
-                                         epoch=got)
-        await self._end_orphans(stream_id, got)
+        lease = _Lease(stream_id, desired=False, valid_until=sent + self.ttl_s - self.margin_s, epoch=got)
+        self._leases[stream_id] = lease
+        lease.orphans = await self._orphans(stream_id)
 
     def bind(self, stream_id: str, pipeline: "StreamPipeline") -> None:
         """The stream under a local lease has started with ``pipeline``."""
         lease = self._leases.get(stream_id)
         if lease is not None and lease.pipeline is None:
             lease.pipeline = pipeline
-            if not lease.desired:
+            if not lease.desired:  # (a desired stream's record and ends follow in _claim)
                 self._record(stream_id, "acquired", "local stream")
+                self._end_orphans(lease)
 
     async def unclaim_local(self, stream_id: str) -> None:
         """A :meth:`claim_local` whose stream never started: give the id back."""
@@ -497,27 +502,31 @@ class Fleet:
         if lease is not None and lease.epoch == epoch:
             self._lost(stream_id, f"redis refused its alerts: epoch {epoch} is no longer the stream's")
 
-    async def _end_orphans(self, stream_id: str, epoch: int) -> None:
-        """End the incidents a previous owner left open on ``stream_id`` (it was killed, or
-        paused past its lease): ``P:open:{id}`` holds the last event of each. Each gets an
-        ``end`` with ``reason`` ``owner_lost``, our worker name and ``epoch``, and the next
-        ``seq``, queued before anything of our own run of the stream. The previous owner can
-        write nothing more (its epoch is older than ``epoch`` now), so the snapshot is final."""
+    async def _orphans(self, stream_id: str) -> dict[str, str]:
+        """The incidents a previous owner left open on ``stream_id`` (it was killed, or paused
+        past its lease): ``P:open:{id}``, alert_id → the JSON of its last event. Read after our
+        claim: the previous owner's epoch is older than ours now, so it can add nothing."""
         try:
-            raw = cast(dict[str, str], await self._redis().hgetall(self.open_key(stream_id)))
+            return cast(dict[str, str], await self._redis().hgetall(self.open_key(stream_id)))
         except RedisError as exc:
             log.warning("fleet: cannot read %s's open incidents (%s); they stay open", stream_id, exc)
-            return
-        for alert_id, text in sorted(raw.items()):
+            return {}
+
+    def _end_orphans(self, lease: _Lease) -> None:
+        """Queue an ``end`` (``reason`` ``owner_lost``, our worker name and epoch, the next
+        ``seq``) for each of ``lease.orphans``. Called right after the stream's ``acquired``
+        record with no await since the start, so the ends precede every event of our run."""
+        orphans, lease.orphans = lease.orphans, {}
+        for alert_id, text in sorted(orphans.items()):
             try:
                 last = json.loads(text)
                 payload = {**last, "event": "end", "seq": int(last["seq"]) + 1,
-                           "emitted_at": iso_time(time.time()), "worker": self.name, "lease_epoch": epoch,
+                           "emitted_at": iso_time(time.time()), "worker": self.name, "lease_epoch": lease.epoch,
                            "reason": "owner_lost"}
             except (ValueError, TypeError, KeyError):
-                log.error("fleet: unreadable open incident %s of %s; skipped", alert_id, stream_id)
+                log.error("fleet: unreadable open incident %s of %s; skipped", alert_id, lease.stream_id)
                 continue
-            log.info("fleet: ending incident %s of %s: its owner lost the stream", alert_id, stream_id)
+            log.info("fleet: ending incident %s of %s: its owner lost the stream", alert_id, lease.stream_id)
             self.monitor.sink.publish(AlertEvent(payload, time.time()))
 
     async def _stop_local(self, stream_id: str) -> None:
