@@ -5,10 +5,19 @@ Keys (``P`` is ``redis.prefix``):
 - ``P:streams`` — hash, stream id → JSON ``{"url", "added_at", "added_by"}``: the streams the
   fleet should watch. Any worker's API adds one (``HSETNX``) or deletes one (``HDEL``); the
   ``streams:`` of a worker's configuration are added at its start (existing entries kept).
-- ``P:lease:{id}`` — string, the owning worker's name, expiring after ``fleet.lease_ttl_s``.
-  Taken with ``SET NX PX`` (in one script that also checks the stream is still desired),
-  renewed each tick by its owner only (compare-and-``PEXPIRE``), deleted by its owner only
-  (compare-and-``DEL``) once the stream has stopped gracefully.
+- ``P:lease:{id}`` — string ``<epoch>:<worker>``, expiring after ``fleet.lease_ttl_s``.
+  Taken (in one script that also checks the stream is still desired), renewed each tick by
+  its owner only (compare-and-``PEXPIRE``), deleted by its owner only (compare-and-``DEL``)
+  once the stream has stopped gracefully.
+- ``P:epoch:{id}`` — integer, ``INCR``'d by every claim of the stream (never expires, so
+  epochs only grow): the claim's epoch fences its owner. Alerts carry it as ``lease_epoch``
+  (the stream's pipeline stamps it) and the alert emit script (:mod:`.alerts.publisher`)
+  refuses an event whose epoch is below the counter or whose lease holds another value; a
+  refusal makes the stream lost here (:meth:`Fleet.fenced_out`), as a failed renewal does.
+- ``P:open:{id}`` — hash, alert_id → JSON of the last event of each incident open on the
+  stream, kept by the emit script for fenced events. A claim ends what is there (the
+  previous owner was killed or paused past its lease) with ``end`` events of ``reason``
+  ``owner_lost`` under the new epoch, right after the stream starts here.
 - ``P:worker:{name}`` — string, the worker's JSON heartbeat (name, API address, capacity,
   and a status snapshot of every stream it runs), expiring with the lease TTL;
   ``P:workers`` — sorted set of worker names scored by heartbeat expiry (Unix ms), so a
@@ -335,7 +344,8 @@ class Fleet:
         self.metrics.streams_unassigned.set(len(unassigned))
         self.metrics.fleet_workers.set(len(workers))
         claimable = [i for i, owner in zip(ids, owners)
-                     if (owner is None or owner_of(owner) == self.name) and i not in self._leases and not self.monitor.busy(i)]
+                     if (owner is None or owner_of(owner) == self.name)
+                     and i not in self._leases and not self.monitor.busy(i)]
         if self._claiming and claimable and len(self._leases) < self.cfg.capacity and self._least_loaded(workers):
             stream_id = random.choice(claimable)  # random: workers claiming at once rarely collide
             await self._claim(stream_id, json.loads(desired[stream_id]))

@@ -56,7 +56,7 @@ async def _settle(pub: RedisPublisher) -> None:
 
 def test_redis_refuses_events_of_an_owner_older_than_the_lease(redis_server: RedisServer) -> None:
     async def main() -> None:
-        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        client: Any = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
         metrics = Metrics()
         assert sample(metrics, "stream_monitor_alerts_dropped_total", reason="stale_owner") == 0  # pre-created
         pub = RedisPublisher(redis_server.url, metrics=metrics)
@@ -104,7 +104,7 @@ def test_alerts_tail_rejects_events_of_stale_owners(redis_server: RedisServer) -
         return json.dumps({"alert_id": alert, "event": "start", "seq": 0, "stream_id": stream, "lease_epoch": epoch})
 
     async def run(reject: bool) -> tuple[list[str], list[str]]:
-        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        client: Any = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
         await client.delete("deepfake:alerts")
         # Written around the emit script (an older writer): epoch 3, then a stale 2.
         for text in (line("h3", 3), line("h2", 2), line("hsolo", None), line("other", 1, "cam2")):
@@ -174,7 +174,7 @@ class Worker:
 
 def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path: Path,
                                                                         redis_server: RedisServer) -> None:
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client: Any = redis.Redis.from_url(redis_server.url, decode_responses=True)
 
     def log() -> list[dict[str, Any]]:
         return [json.loads(f["alert"]) for _, f in client.xrange("deepfake:alerts")]
