@@ -29,8 +29,12 @@ class EpochFence:
             event = json.loads(line)
         except ValueError:
             return True  # not ours to judge: printed as it is
+        return self.admit_event(event)
+
+    def admit_event(self, event: Any) -> bool:
+        """:meth:`admit` for an event already parsed."""
         epoch = event.get("lease_epoch") if isinstance(event, dict) else None
-        if not isinstance(epoch, int):
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
             return True
         stream = str(event.get("stream_id"))
         if epoch < self.highest.get(stream, epoch):

@@ -269,3 +269,32 @@ def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path:
                 w.proc.send_signal(signal.SIGCONT)
                 stop_process(w.proc)
         client.close()
+
+
+def test_the_operator_pages_redis_feed_drops_stale_owners(redis_server: RedisServer) -> None:
+    from stream_monitor.api.events import RedisAlertFeed
+
+    async def main() -> None:
+        client: Any = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        got: list[tuple[str, Any]] = []
+        feed = RedisAlertFeed(redis_server.url, "deepfake")
+        task = asyncio.create_task(feed.run(lambda name, data: got.append((name, data))))
+        try:
+            for _ in range(200):
+                if (await client.execute_command("PUBSUB", "NUMPAT")) >= 1:
+                    break
+                await asyncio.sleep(0.02)
+            for alert, epoch in (("a3", 3), ("a2", 2), ("a4", 4), ("solo", None)):
+                await client.publish("deepfake:alerts:cam", json.dumps({"alert_id": alert, "stream_id": "cam",
+                                                                        "lease_epoch": epoch}))
+            for _ in range(200):
+                if any(d.get("alert_id") == "solo" for n, d in got if n == "alert"):
+                    break
+                await asyncio.sleep(0.02)
+            assert [d["alert_id"] for n, d in got if n == "alert"] == ["a3", "a4", "solo"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.aclose()
+
+    asyncio.run(main())
