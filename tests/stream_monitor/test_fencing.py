@@ -187,6 +187,11 @@ def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path:
         epoch, sep, owner = str(value).partition(":")
         return (int(epoch), owner) if sep and epoch.isdigit() else (0, str(value))
 
+    def open_now(worker: str) -> bool:
+        """The worker's latest event leaves an incident open (threshold 0: there nearly always is one)."""
+        mine = [e for e in log() if e["worker"] == worker]
+        return bool(mine) and mine[-1]["event"] != "end"
+
     def orphans_ended(owner: str, epoch: int, opened: dict[str, str]) -> bool:
         ends = {e["alert_id"]: e for e in log() if e.get("reason") == "owner_lost"}
         return all(a in ends and ends[a]["worker"] == owner and ends[a]["lease_epoch"] == epoch
@@ -202,8 +207,7 @@ def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path:
         e1, name1 = lease()  # type: ignore[misc]
         first = next(w for w in workers if w.name == name1)
         second = next(w for w in workers if w is not first)
-        wait_until(lambda: any(e["worker"] == first.name and e["event"] == "start" for e in log()), 60,
-                   f"{first.name} to open an incident")
+        wait_until(lambda: open_now(first.name), 60, f"{first.name} to open an incident")
 
         # (a) The first owner is paused past its lease and the second takes the stream.
         first.proc.send_signal(signal.SIGSTOP)
@@ -231,6 +235,7 @@ def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path:
 
         # (b) The second owner is killed with incidents open: once its lease expires the first
         # claims the stream again (epoch 3) and ends them.
+        wait_until(lambda: open_now(second.name), 30, f"{second.name} to have an incident open")
         second.proc.send_signal(signal.SIGKILL)
         second.proc.wait(10)
         opened2 = client.hgetall("deepfake:open:cam")
