@@ -23,7 +23,8 @@ from aiohttp import web
 
 from .alerts.evidence import EvidenceStore
 from .alerts.policy import AlertPolicy, PolicyConfig
-from .alerts.publisher import AlertSink, Broadcast, FanOut, JsonLinesSink, RecentAlerts, RedisPublisher
+from .alerts.publisher import (AlertSink, Broadcast, FanOut, JsonLinesSink, RecentAlerts, RedisPublisher,
+                               redis_publishers)
 from .config import Config, StreamSettings
 from .errors import StreamMonitorError
 from .fleet import Fleet
@@ -122,6 +123,9 @@ class Monitor:
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self.fleet: Fleet | None = Fleet(self, cfg, worker_name(cfg)) if cfg.fleet.enabled else None
+        if self.fleet is not None:
+            for publisher in redis_publishers(self.sink):  # Redis refused an alert: the stream is lost
+                publisher.on_stale = self.fleet.fenced_out
         # What URLs from the network may open (stream_monitor.ingest.policy).
         self.source_guard: SourceGuard = stream_guard(cfg)
         self.predict_guard: SourceGuard = predict_guard(cfg)
@@ -208,7 +212,8 @@ class Monitor:
             self.policy.set_threshold(stream_id, settings.threshold)
             pipeline = StreamPipeline(stream_id, self.engine, self.policy, self.sink, self.metrics,
                                       evidence=self.evidence,
-                                      detectors=None if settings.detectors is None else list(settings.detectors))
+                                      detectors=None if settings.detectors is None else list(settings.detectors),
+                                      lease_epoch=self.fleet.epoch(stream_id) if self.fleet is not None else None)
             await pipeline.open()
         except BaseException:
             self.policy.set_threshold(stream_id, None)

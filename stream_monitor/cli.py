@@ -268,12 +268,19 @@ def alerts_tail(
     prefix: str = typer.Option("deepfake", help="Redis key prefix"),
     history: int = typer.Option(0, help="first print the last N alerts from the durable log"),
     count: Optional[int] = typer.Option(None, help="exit after this many live alerts"),
+    reject_stale: bool = typer.Option(True, "--reject-stale/--accept-stale",
+                                      help="skip events whose lease_epoch is below the highest seen for their "
+                                           "stream (a worker that lost the stream to a later owner)"),
 ) -> None:
     """Follow alerts live (Pub/Sub), optionally after the last N from the Stream."""
     from .alerts.tail import tail
 
+    def skipped(line: str) -> None:
+        typer.echo(f"skipped an event of a stale owner: {line}", err=True)
+
     try:
-        asyncio.run(tail(redis, prefix, stream, history, count, lambda line: typer.echo(line)))
+        asyncio.run(tail(redis, prefix, stream, history, count, lambda line: typer.echo(line),
+                         reject_stale=reject_stale, rejected=skipped))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

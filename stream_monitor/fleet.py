@@ -5,10 +5,19 @@ Keys (``P`` is ``redis.prefix``):
 - ``P:streams`` — hash, stream id → JSON ``{"url", "added_at", "added_by"}``: the streams the
   fleet should watch. Any worker's API adds one (``HSETNX``) or deletes one (``HDEL``); the
   ``streams:`` of a worker's configuration are added at its start (existing entries kept).
-- ``P:lease:{id}`` — string, the owning worker's name, expiring after ``fleet.lease_ttl_s``.
-  Taken with ``SET NX PX`` (in one script that also checks the stream is still desired),
-  renewed each tick by its owner only (compare-and-``PEXPIRE``), deleted by its owner only
-  (compare-and-``DEL``) once the stream has stopped gracefully.
+- ``P:lease:{id}`` — string ``<epoch>:<worker>``, expiring after ``fleet.lease_ttl_s``.
+  Taken (in one script that also checks the stream is still desired), renewed each tick by
+  its owner only (compare-and-``PEXPIRE``), deleted by its owner only (compare-and-``DEL``)
+  once the stream has stopped gracefully.
+- ``P:epoch:{id}`` — integer, ``INCR``'d by every claim of the stream (never expires, so
+  epochs only grow): the claim's epoch fences its owner. Alerts carry it as ``lease_epoch``
+  (the stream's pipeline stamps it) and the alert emit script (:mod:`.alerts.publisher`)
+  refuses an event whose epoch is below the counter or whose lease holds another value; a
+  refusal makes the stream lost here (:meth:`Fleet.fenced_out`), as a failed renewal does.
+- ``P:open:{id}`` — hash, alert_id → JSON of the last event of each incident open on the
+  stream, kept by the emit script for fenced events. A claim ends what is there (the
+  previous owner was killed or paused past its lease) with ``end`` events of ``reason``
+  ``owner_lost`` under the new epoch, right after the stream starts here.
 - ``P:worker:{name}`` — string, the worker's JSON heartbeat (name, API address, capacity,
   and a status snapshot of every stream it runs), expiring with the lease TTL;
   ``P:workers`` — sorted set of worker names scored by heartbeat expiry (Unix ms), so a
@@ -48,12 +57,13 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .alerts.policy import AlertEvent, iso_time
 from .config import Config
 from .errors import SourceRefused, StreamMonitorError
 from .ingest.urls import redact
@@ -70,29 +80,44 @@ _WATCH_S = 0.1
 _DRIFT_FRACTION = 0.05
 _MIN_MARGIN_S = 0.2
 
-# KEYS[1] desired hash, KEYS[2] lease; ARGV: worker, ttl ms, stream id. 1 when the lease is
-# ours now (free, or already ours: a restarted worker with the same name), else 0; never
-# for a stream deleted meanwhile.
-_CLAIM = """
-if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
-local owner = redis.call('GET', KEYS[2])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-return 1
+# A lease's value is ``<epoch>:<worker>``; the epoch comes from ``INCR P:epoch:{id}`` at every
+# claim, so each ownership of a stream has its own number, larger than every earlier one's.
+# (A value without ``<epoch>:`` is read as an owner with no epoch.)
+_OWNER = """
+local function owner_of(value)
+  if not value then return nil end
+  local rest = string.match(value, '^%d+:(.*)$')
+  return rest or value
+end
 """
-# KEYS[1] desired hash, KEYS[2] lease; ARGV: worker, ttl ms, stream id. A stream outside the
-# desired set (WHIP): -1 when the id is a desired stream's, 1 when the lease is ours, 0 taken.
+# KEYS[1] desired hash, KEYS[2] lease, KEYS[3] epoch counter; ARGV: worker, ttl ms, stream id.
+# The new epoch when the lease is ours now (free, or held under our name: a restarted worker
+# with the same name), else 0; never for a stream deleted meanwhile.
+_CLAIM = _OWNER + """
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
+local owner = owner_of(redis.call('GET', KEYS[2]))
+if owner and owner ~= ARGV[1] then return 0 end
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
+return epoch
+"""
+# KEYS[1] desired hash, KEYS[2] lease, KEYS[3] epoch counter; ARGV: worker, ttl ms, stream id.
+# A stream outside the desired set (WHIP): -1 when the id is a desired stream's, the new epoch
+# when the lease is ours, 0 when taken.
 _CLAIM_LOCAL = """
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return -1 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
+return epoch
 """
-# KEYS: leases; ARGV: worker, ttl ms. Per key 1 when renewed (still ours), else 0.
+# KEYS: leases; ARGV[1] ttl ms, ARGV[1 + i] the value KEYS[i] holds while it is ours. Per key
+# 1 when renewed (still ours, same epoch), else 0.
 _RENEW = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
     out[i] = 1
   else
     out[i] = 0
@@ -100,13 +125,13 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-# KEYS[1] lease; ARGV[1] worker. Deletes the lease only when it is ours.
+# KEYS[1] lease; ARGV[1] our lease value. Deletes the lease only when it is ours.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS[1] desired hash, KEYS[2] lease; ARGV: worker, stream id. A finished stream: drop it
-# from the desired set and release, only while the lease is ours.
+# KEYS[1] desired hash, KEYS[2] lease; ARGV: our lease value, stream id. A finished stream:
+# drop it from the desired set and release, only while the lease is ours.
 _FINISH = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
@@ -123,6 +148,14 @@ return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 """
 
 
+def owner_of(value: str | None) -> str | None:
+    """The worker named by a lease value ``<epoch>:<worker>`` (a value without an epoch: itself)."""
+    if value is None:
+        return None
+    epoch, sep, owner = value.partition(":")
+    return owner if sep and epoch.isdigit() else value
+
+
 class FleetUnavailable(StreamMonitorError):
     """Redis cannot be reached, so the fleet cannot be read or changed now."""
 
@@ -137,6 +170,9 @@ class _Lease:
     desired: bool  # in P:streams; False for a stream only this worker can run (WHIP)
     valid_until: float  # time.monotonic() deadline for processing the stream
     pipeline: "StreamPipeline | None" = None  # the run the lease covers (set once it starts)
+    epoch: int = 0  # this ownership's number (INCR P:epoch:{id} at the claim)
+    # Incidents a previous owner left open (P:open:{id} at the claim), ended once we start.
+    orphans: dict[str, str] = field(default_factory=dict)
     stopping: str | None = None  # why we are stopping it ("deleted"), if we are
 
 
@@ -188,6 +224,17 @@ class Fleet:
 
     def worker_key(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
+
+    def epoch_key(self, stream_id: str) -> str:
+        return f"{self.prefix}:epoch:{stream_id}"
+
+    def open_key(self, stream_id: str) -> str:
+        return f"{self.prefix}:open:{stream_id}"
+
+    def epoch(self, stream_id: str) -> int | None:
+        """The epoch of our lease on ``stream_id`` (``None`` when we hold none)."""
+        lease = self._leases.get(stream_id)
+        return lease.epoch if lease is not None else None
 
     @property
     def owned(self) -> list[str]:
@@ -297,7 +344,8 @@ class Fleet:
         self.metrics.streams_unassigned.set(len(unassigned))
         self.metrics.fleet_workers.set(len(workers))
         claimable = [i for i, owner in zip(ids, owners)
-                     if (owner is None or owner == self.name) and i not in self._leases and not self.monitor.busy(i)]
+                     if (owner is None or owner_of(owner) == self.name)
+                     and i not in self._leases and not self.monitor.busy(i)]
         if self._claiming and claimable and len(self._leases) < self.cfg.capacity and self._least_loaded(workers):
             stream_id = random.choice(claimable)  # random: workers claiming at once rarely collide
             await self._claim(stream_id, json.loads(desired[stream_id]))
@@ -314,7 +362,8 @@ class Fleet:
         if not ids:
             return
         sent = time.monotonic()
-        renewed = await self._s_renew(keys=[self.lease_key(i) for i in ids], args=[self.name, self._ttl_ms])
+        renewed = await self._s_renew(keys=[self.lease_key(i) for i in ids],
+                                      args=[self._ttl_ms, *(self._value(self._leases[i]) for i in ids)])
         for stream_id, ok in zip(ids, renewed):
             lease = self._leases.get(stream_id)
             if lease is None:
@@ -349,17 +398,20 @@ class Fleet:
 
     async def _claim(self, stream_id: str, entry: dict[str, Any]) -> None:
         sent = time.monotonic()
-        if not await self._s_claim(keys=[self.streams_key, self.lease_key(stream_id)],
-                                   args=[self.name, self._ttl_ms, stream_id]):
+        epoch = int(await self._s_claim(keys=[self.streams_key, self.lease_key(stream_id), self.epoch_key(stream_id)],
+                                        args=[self.name, self._ttl_ms, stream_id]))
+        if not epoch:
             return
-        lease = _Lease(stream_id, desired=True, valid_until=sent + self.ttl_s - self.margin_s)
+        lease = _Lease(stream_id, desired=True, valid_until=sent + self.ttl_s - self.margin_s, epoch=epoch)
         self._leases[stream_id] = lease
+        lease.orphans = await self._orphans(stream_id)
         try:
             handle = await self.monitor.add_stream(stream_id, str(entry["url"]), leased=True)
         except SourceRefused as exc:
             # Not allowed by this worker's api.source_hosts/source_roots: claiming it again would
             # be refused again, so it leaves the desired set like a stream that ended.
             log.error("fleet: desired stream %s refused: %s", stream_id, exc)
+            self._end_orphans(lease)  # nobody will run it again to end them
             await self._finish(stream_id, f"refused: {exc}", None)
             return
         except Exception as exc:
@@ -368,6 +420,7 @@ class Fleet:
             return
         lease.pipeline = handle.pipeline
         self._record(stream_id, "acquired", None)
+        self._end_orphans(lease)
 
     async def claim_local(self, stream_id: str) -> None:
         """Lease ``stream_id`` for a stream that only this worker can run (a WHIP publisher).
@@ -379,23 +432,27 @@ class Fleet:
 
         sent = time.monotonic()
         try:
-            got = await self._s_claim_local(keys=[self.streams_key, self.lease_key(stream_id)],
-                                            args=[self.name, self._ttl_ms, stream_id])
+            got = int(await self._s_claim_local(
+                keys=[self.streams_key, self.lease_key(stream_id), self.epoch_key(stream_id)],
+                args=[self.name, self._ttl_ms, stream_id]))
         except RedisError as exc:
             raise FleetUnavailable(f"cannot reach redis to lease stream {stream_id!r}: {exc}") from exc
         if got == -1:
             raise StreamExists(f"stream {stream_id!r} is one of the fleet's desired streams")
         if got == 0:
             raise StreamExists(f"stream {stream_id!r} is running on another worker")
-        self._leases[stream_id] = _Lease(stream_id, desired=False, valid_until=sent + self.ttl_s - self.margin_s)
+        lease = _Lease(stream_id, desired=False, valid_until=sent + self.ttl_s - self.margin_s, epoch=got)
+        self._leases[stream_id] = lease
+        lease.orphans = await self._orphans(stream_id)
 
     def bind(self, stream_id: str, pipeline: "StreamPipeline") -> None:
         """The stream under a local lease has started with ``pipeline``."""
         lease = self._leases.get(stream_id)
         if lease is not None and lease.pipeline is None:
             lease.pipeline = pipeline
-            if not lease.desired:
+            if not lease.desired:  # (a desired stream's record and ends follow in _claim)
                 self._record(stream_id, "acquired", "local stream")
+                self._end_orphans(lease)
 
     async def unclaim_local(self, stream_id: str) -> None:
         """A :meth:`claim_local` whose stream never started: give the id back."""
@@ -417,20 +474,23 @@ class Fleet:
 
     async def _finish(self, stream_id: str, reason: str, pipeline: "StreamPipeline | None") -> None:
         """A desired stream of ours is over for good: it leaves the desired set with its lease."""
-        self._leases.pop(stream_id, None)
+        lease = self._leases.pop(stream_id, None)
         try:
-            await self._s_finish(keys=[self.streams_key, self.lease_key(stream_id)], args=[self.name, stream_id])
+            if lease is not None:
+                await self._s_finish(keys=[self.streams_key, self.lease_key(stream_id)],
+                                     args=[self._value(lease), stream_id])
         except RedisError as exc:
             log.warning("fleet: could not remove ended stream %s (%s); its lease expires", stream_id, exc)
         self._record(stream_id, "ended", reason, pipeline)
 
     async def _release(self, stream_id: str, event: str | None, reason: str | None,
                        pipeline: "StreamPipeline | None" = None) -> None:
-        self._leases.pop(stream_id, None)
+        lease = self._leases.pop(stream_id, None)
         if event is not None:
             self._record(stream_id, event, reason, pipeline)  # before the key goes: no overlap in records
         try:
-            await self._s_release(keys=[self.lease_key(stream_id)], args=[self.name])
+            if lease is not None:
+                await self._s_release(keys=[self.lease_key(stream_id)], args=[self._value(lease)])
         except RedisError as exc:
             log.warning("fleet: could not release %s (%s); it expires in %.0fs", stream_id, exc, self.ttl_s)
         self._wake.set()
@@ -443,6 +503,41 @@ class Fleet:
         self.monitor.abort_stream(stream_id)
         log.error("fleet: stream %s stopped: %s", stream_id, reason)
         self._record(stream_id, "lost", reason, lease.pipeline)
+
+    def fenced_out(self, stream_id: str, epoch: int) -> None:
+        """Redis refused an alert of ``stream_id`` under ``epoch``: a later owner has claimed the
+        stream. If that is our current lease (we have not noticed yet: a pause past the TTL),
+        the stream is lost here at once."""
+        lease = self._leases.get(stream_id)
+        if lease is not None and lease.epoch == epoch:
+            self._lost(stream_id, f"redis refused its alerts: epoch {epoch} is no longer the stream's")
+
+    async def _orphans(self, stream_id: str) -> dict[str, str]:
+        """The incidents a previous owner left open on ``stream_id`` (it was killed, or paused
+        past its lease): ``P:open:{id}``, alert_id → the JSON of its last event. Read after our
+        claim: the previous owner's epoch is older than ours now, so it can add nothing."""
+        try:
+            return cast(dict[str, str], await self._redis().hgetall(self.open_key(stream_id)))
+        except RedisError as exc:
+            log.warning("fleet: cannot read %s's open incidents (%s); they stay open", stream_id, exc)
+            return {}
+
+    def _end_orphans(self, lease: _Lease) -> None:
+        """Queue an ``end`` (``reason`` ``owner_lost``, our worker name and epoch, the next
+        ``seq``) for each of ``lease.orphans``. Called right after the stream's ``acquired``
+        record with no await since the start, so the ends precede every event of our run."""
+        orphans, lease.orphans = lease.orphans, {}
+        for alert_id, text in sorted(orphans.items()):
+            try:
+                last = json.loads(text)
+                payload = {**last, "event": "end", "seq": int(last["seq"]) + 1,
+                           "emitted_at": iso_time(time.time()), "worker": self.name, "lease_epoch": lease.epoch,
+                           "reason": "owner_lost"}
+            except (ValueError, TypeError, KeyError):
+                log.error("fleet: unreadable open incident %s of %s; skipped", alert_id, lease.stream_id)
+                continue
+            log.info("fleet: ending incident %s of %s: its owner lost the stream", alert_id, lease.stream_id)
+            self.monitor.sink.publish(AlertEvent(payload, time.time()))
 
     async def _stop_local(self, stream_id: str) -> None:
         from .app import UnknownStream
@@ -515,7 +610,8 @@ class Fleet:
         ids = sorted(set(desired) | set(remote) | set(self._leases))
         owners = await self._call(r.mget([self.lease_key(i) for i in ids])) if ids else []
         streams = []
-        for stream_id, owner in zip(ids, owners):
+        for stream_id, value in zip(ids, owners):
+            owner = owner_of(value)
             local = self.monitor.streams.get(stream_id)
             if owner is None and stream_id not in desired:
                 continue  # a stale heartbeat entry
@@ -532,6 +628,10 @@ class Fleet:
                             for w in sorted(workers, key=lambda w: str(w.get("name")))]}
 
     # ------------------------------------------------------------------ helpers
+
+    def _value(self, lease: _Lease) -> str:
+        """What ``P:lease:{id}`` holds while ``lease`` is ours."""
+        return f"{lease.epoch}:{self.name}"
 
     @property
     def _ttl_ms(self) -> int:

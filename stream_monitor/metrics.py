@@ -17,7 +17,7 @@ _INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-ALERT_DROP_REASONS = ("overflow", "spool_error", "corrupt_spool", "shutdown")
+ALERT_DROP_REASONS = ("overflow", "spool_error", "corrupt_spool", "shutdown", "stale_owner")
 # inference_errors_total kinds: a batch out of device memory (retried smaller), a request that failed.
 INFERENCE_ERROR_KINDS = ("oom", "error")
 # The face lane's also: one stream's tracking/windowing of a frame raised.
@@ -75,7 +75,8 @@ class Metrics:
                                    registry=r)
         self.alerts_dropped = Counter(p + "alerts_dropped_total",
                                       "Alert events lost, by reason: overflow (outbox full, no spool), spool_error, "
-                                      "corrupt_spool, shutdown (undelivered at exit, no spool).", ["reason"],
+                                      "corrupt_spool, shutdown (undelivered at exit, no spool), stale_owner (refused by "
+                                      "Redis: a later fleet owner holds the stream).", ["reason"],
                                       registry=r)
         for reason in ALERT_DROP_REASONS:  # zero series: rate() and alerting rules see 0, not nothing
             self.alerts_dropped.labels(reason)

@@ -74,9 +74,14 @@ class StreamStats:
 class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
                  max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8,
-                 evidence: EvidenceStore | None = None, detectors: list[str] | None = None) -> None:
+                 evidence: EvidenceStore | None = None, detectors: list[str] | None = None,
+                 lease_epoch: int | None = None) -> None:
         """``detectors``: the subset of the enabled detectors that score this stream (None: all)."""
         self.stream_id = stream_id
+        # The fleet lease this run holds (fleet.py), stamped on every alert event it emits so
+        # that Redis refuses them once a later owner has claimed the stream. Fixed for the run:
+        # an aborted run's last events must keep the epoch they were made under.
+        self.lease_epoch = lease_epoch
         self.engine = engine
         self.policy = policy
         self.sink = sink
@@ -264,6 +269,8 @@ class StreamPipeline:
     def _emit(self, events: list[AlertEvent], window: tuple[Frame | None, Clip] | None = None) -> None:
         for event in events:
             self.stats.alerts += 1
+            if self.lease_epoch is not None:
+                event.payload["lease_epoch"] = self.lease_epoch
             if self.evidence is not None and window is not None:
                 self.evidence.attach(event, *window)
             self.sink.publish(event)

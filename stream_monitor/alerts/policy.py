@@ -15,7 +15,9 @@ track, and not a new track of the same stream whose box overlaps where an incide
 that has since ended was last seen (IoU ≥ :data:`SAME_FACE_IOU` or centres within half a box
 side: the tracker lost the face for a moment and found it again under a new id). Such cooldown
 zones are kept per stream only while they can still cool something.
-One incident keeps one ``alert_id``; ``seq`` counts its events from 0.
+One incident keeps one ``alert_id``; ``seq`` counts its events from 0. An ``end`` says why in
+``reason``: ``below_threshold`` (``end_after`` scores below), ``track_ended`` (the face is gone
+or the stream stopped), or — written by the fleet, not here — ``owner_lost``.
 
 Calibration (``calibration``, a :class:`~stream_monitor.calibration.Calibration` from
 ``detectors.calibration``): each detector's raw probability is mapped to its calibrated
@@ -137,7 +139,8 @@ def same_face(a: BBox, b: BBox) -> bool:
     return (dx * dx + dy * dy) ** 0.5 <= side / 2
 
 
-def _iso(ts: float) -> str:
+def iso_time(ts: float) -> str:
+    """``emitted_at``'s form: ISO 8601 in UTC with milliseconds."""
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -200,7 +203,7 @@ class AlertPolicy:
             return []
         state.under = 0 if over else state.under + 1
         if state.under >= cfg.end_after:
-            return [self._end(state, fused)]
+            return [self._end(state, fused, "below_threshold")]
         return [self._event(state, "update", fused)]
 
     def on_track_end(self, stream_id: str, track_id: int) -> list[AlertEvent]:
@@ -208,7 +211,8 @@ class AlertPolicy:
         state = self._tracks.pop((stream_id, track_id), None)
         if state is None:
             return []
-        events = [] if state.alert_id is None else [self._end(state, self.assess(state.latest, stream_id))]
+        events = [] if state.alert_id is None else [
+            self._end(state, self.assess(state.latest, stream_id), "track_ended")]
         if state.last_end_pts is not None and state.last is not None:
             zones = [z for z in self._zones.get(stream_id, ()) if self._cooling(z.end_pts, state.last.end_pts)]
             self._zones[stream_id] = zones + [_Zone(state.last.bbox, state.last_end_pts)]
@@ -226,8 +230,9 @@ class AlertPolicy:
         # and a new session's faces are not held back by the last one's.
         return ended_pts is not None and 0.0 <= now_pts - ended_pts < self.config.cooldown_s
 
-    def _end(self, state: _TrackState, fused: Assessment) -> AlertEvent:
+    def _end(self, state: _TrackState, fused: Assessment, reason: str) -> AlertEvent:
         event = self._event(state, "end", fused)
+        event.payload["reason"] = reason
         state.alert_id, state.over, state.under = None, 0, 0
         state.last_end_pts = state.last.end_pts if state.last is not None else None
         return event
@@ -249,11 +254,13 @@ class AlertPolicy:
             "bbox": [round(float(v), 1) for v in bbox],
             "calibrated": cfg.calibration is not None,
             "models": {d: cfg.models[d] for d in sorted(state.latest) if d in cfg.models},
-            "emitted_at": _iso(self._clock()),
+            "emitted_at": iso_time(self._clock()),
             "worker": cfg.worker,
             # Filled in by the pipeline for start and end events when alerts.evidence_dir is set
             # (stream_monitor.alerts.evidence); null otherwise.
             "evidence": None,
+            # Set by the stream's pipeline when the stream holds a fleet lease (fleet.py).
+            "lease_epoch": None,
         }
         if cfg.calibration is not None:
             payload["fpr"] = cfg.calibration.fpr_target

@@ -29,7 +29,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Callable, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -113,13 +113,38 @@ class JsonLinesSink:
 # the spool) finds seq at or below the mark and writes nothing. One key per incident, not per
 # event: events of an incident leave in seq order (the outbox keeps order). The shebang makes
 # Redis 7 refuse the whole script up front under OOM instead of failing after a partial write.
+#
+# Fencing (an event with a ``lease_epoch``, i.e. of a stream leased in a fleet), checked before the
+# mark (a stale owner's next seq is often the one the new owner's ``owner_lost`` end took): refused (-1)
+# when a later owner has claimed the stream (``{prefix}:epoch:{id}`` above the event's epoch) or
+# the lease is held by anyone but the event's worker under its epoch. An absent lease with no
+# later claim is accepted: the owner released it after its last events were queued (a graceful
+# stop's ends, a spool replayed at the next start) or it lapsed and nobody has taken over —
+# either way no other owner has written anything for the stream since. Fenced events also keep
+# the stream's open incidents in ``{prefix}:open:{id}`` (alert_id → last event), for the next
+# owner to end (fleet.py). KEYS: seen, log, lease, epoch counter, open hash; ARGV: seq, TTL s,
+# MAXLEN, channel, JSON, epoch ('' unfenced), our lease value, alert_id, event.
 _EMIT = """#!lua
+local fenced = ARGV[6] ~= ''
+if fenced then
+  if tonumber(redis.call('GET', KEYS[4]) or '0') > tonumber(ARGV[6]) then return -1 end
+  local holder = redis.call('GET', KEYS[3])
+  if holder and holder ~= ARGV[7] then return -1 end
+end
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if seq <= last then return 0 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'alert', ARGV[5])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if fenced then
+  if ARGV[9] == 'end' then
+    redis.call('HDEL', KEYS[5], ARGV[8])
+  else
+    redis.call('HSET', KEYS[5], ARGV[8], ARGV[5])
+  end
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
+end
 return 1
 """
 # Connection trouble: the command may or may not have run; resending is safe (dedupe).
@@ -159,6 +184,9 @@ class RedisPublisher:
         self._closing = False
         self.dropped = 0
         self.duplicates = 0  # resends that Redis recognised and did not write again
+        self.stale = 0  # events Redis refused: a later owner holds their stream (fencing)
+        # Told (stream id, epoch) of each refused event: the fleet then gives the stream up.
+        self.on_stale: Callable[[str, int], None] | None = None
         self._gauge()
 
     @property
@@ -170,6 +198,15 @@ class RedisPublisher:
 
     def seen_key(self, alert_id: str) -> str:
         return f"{self.prefix}:seen:{alert_id}"
+
+    def lease_key(self, stream_id: str) -> str:
+        return f"{self.prefix}:lease:{stream_id}"  # fleet.py's keys, same prefix
+
+    def epoch_key(self, stream_id: str) -> str:
+        return f"{self.prefix}:epoch:{stream_id}"
+
+    def open_key(self, stream_id: str) -> str:
+        return f"{self.prefix}:open:{stream_id}"
 
     @property
     def pending(self) -> int:
@@ -263,14 +300,30 @@ class RedisPublisher:
         # would ask SCRIPT EXISTS before every batch).
         pipe = self._client.pipeline(transaction=False)
         for ev in events:
-            pipe.evalsha(self._emit_sha, 2, self.seen_key(str(ev.payload["alert_id"])), self.stream_key,
-                         int(ev.payload["seq"]), self.dedupe_ttl_s, self.maxlen, self.channel(ev.stream_id), encode(ev))
+            p, sid = ev.payload, ev.stream_id
+            epoch = p.get("lease_epoch")
+            pipe.evalsha(self._emit_sha, 5, self.seen_key(str(p["alert_id"])), self.stream_key, self.lease_key(sid),
+                         self.epoch_key(sid), self.open_key(sid),
+                         int(p["seq"]), self.dedupe_ttl_s, self.maxlen, self.channel(sid), encode(ev),
+                         "" if epoch is None else int(epoch), f"{epoch}:{p.get('worker')}", str(p["alert_id"]),
+                         ev.event)
         try:
             written = await pipe.execute()
         except NoScriptError:
             self._emit_sha = None  # Redis restarted or flushed its scripts: load again and resend
             raise
         self.duplicates += sum(1 for w in written if w == 0)
+        for ev, w in zip(events, written):
+            if w == -1:
+                self._fenced(ev)
+
+    def _fenced(self, event: AlertEvent) -> None:
+        """Redis refused ``event``: a later owner holds its stream. Counted as dropped
+        (``stale_owner``); the fleet is told, so the stream stops here if it still runs."""
+        self.stale += 1
+        self._dropped(event, "stale_owner")
+        if self.on_stale is not None:
+            self.on_stale(event.stream_id, int(event.payload["lease_epoch"]))
 
     async def _failed(self, exc: BaseException, attempt: int) -> None:
         """Count, classify and wait out one failed send (see the class docstring)."""
@@ -377,6 +430,13 @@ class RecentAlerts:
 
     def problems(self) -> list[str]:
         return []
+def redis_publishers(sink: AlertSink) -> list[RedisPublisher]:
+    """The :class:`RedisPublisher` instances in ``sink`` (itself, or inside nested fan-outs)."""
+    if isinstance(sink, RedisPublisher):
+        return [sink]
+    if isinstance(sink, FanOut):
+        return [p for s in sink.sinks for p in redis_publishers(s)]
+    return []
 
 
 class FanOut:

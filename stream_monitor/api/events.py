@@ -11,7 +11,8 @@ Each event is ``event: <name>`` plus one line ``data: <JSON object>``:
   one stream; by default every stream of this worker is sent.
 - ``alert``: an alert event's JSON payload (DESIGN.md schema). With ``redis.url`` set they
   come from Redis Pub/Sub (``PSUBSCRIBE {prefix}:alerts:*``: every worker's alerts, as
-  delivered to Redis); without Redis from this worker's in-process broadcast only.
+  delivered to Redis, less any whose ``lease_epoch`` is below one already seen for their
+  stream: a stale owner's); without Redis from this worker's in-process broadcast only.
 - ``feed``: ``{"source": "redis"|"local", "ok": bool, "error": str|null}`` when the alert
   feed connects or fails (an unreachable Redis is retried with backoff meanwhile); a client
   that connects while the feed runs gets its latest state at once.
@@ -38,6 +39,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..alerts.publisher import Broadcast
+from ..alerts.tail import EpochFence
 from ..redis_client import redis_client
 from ..retry import Backoff
 from .limits import Slots, within
@@ -93,6 +95,9 @@ class RedisAlertFeed:
         self.pattern = f"{prefix}:alerts:*"
         self.backoff = backoff
         self.timeout_s = timeout_s
+        # Alerts of a stream's stale owner (lease_epoch below one already seen) are not shown:
+        # Redis refuses them, this covers any written around that check (alerts.tail).
+        self.fence = EpochFence()
 
     async def run(self, put: Put) -> None:
         attempt = 0
@@ -107,9 +112,15 @@ class RedisAlertFeed:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "pmessage":
                         try:
-                            put("alert", json.loads(message["data"]))
+                            event = json.loads(message["data"])
                         except ValueError:
                             log.warning("ignoring a non-JSON message on %r", message.get("channel"))
+                            continue
+                        if self.fence.admit_event(event):
+                            put("alert", event)
+                        else:
+                            log.warning("ignoring an alert of a stale owner of %r (lease_epoch %s)",
+                                        event.get("stream_id"), event.get("lease_epoch"))
             except (RedisError, OSError) as exc:
                 put("feed", {"source": self.source, "ok": False, "error": f"Redis unreachable ({exc}); retrying"})
             finally:

@@ -10,7 +10,7 @@ from stream_monitor.alerts.policy import AlertPolicy, PolicyConfig, fuse
 from stream_monitor.types import Score
 
 SCHEMA_KEYS = {"alert_id", "event", "seq", "stream_id", "track_id", "score", "threshold", "detectors", "window",
-               "bbox", "calibrated", "models", "emitted_at", "worker", "evidence"}
+               "bbox", "calibrated", "models", "emitted_at", "worker", "evidence", "lease_epoch"}
 
 
 def _score(p: float, t: float, det: str = "sta", track: int = 1) -> Score:
@@ -89,7 +89,18 @@ def test_payload_schema() -> None:
     assert p["bbox"] == [10.0, 20.0, 110.0, 140.0] and p["calibrated"] is False
     assert p["models"] == {"sta": "sta_clip_vitl14@abcd1234"}
     assert p["emitted_at"].startswith("1970-01-01T00:00:00") and p["worker"] == "host:1"
+    assert p["lease_epoch"] is None  # the pipeline sets it for a stream leased in a fleet
     assert ev.last_arrival == 5002.0
+
+
+def test_end_events_say_why() -> None:
+    policy = _policy(start_after=1, end_after=1)
+    (low,) = [e for e in (policy.on_score(_score(0.9, 1.0)) + policy.on_score(_score(0.1, 2.0))) if e.event == "end"]
+    assert low.payload["reason"] == "below_threshold" and set(low.payload) == SCHEMA_KEYS | {"reason"}
+    policy.on_score(_score(0.9, 9.0, track=2))
+    (gone,) = policy.on_track_end("cam1", 2)
+    assert gone.event == "end" and gone.payload["reason"] == "track_ended"
+    assert all("reason" not in e.payload for e in policy.on_score(_score(0.9, 20.0, track=3)))
 
 
 def test_bad_config() -> None:

@@ -6,16 +6,26 @@ from typing import Any
 
 SCHEMA: dict[str, Any] = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
           "threshold": float, "detectors": dict, "window": dict, "bbox": list, "calibrated": bool, "models": dict,
-          "emitted_at": str, "worker": str, "evidence": (dict, type(None))}
+          "emitted_at": str, "worker": str, "evidence": (dict, type(None)), "lease_epoch": (int, type(None))}
+# Added to every ``end`` event.
+END_REASONS = ("below_threshold", "track_ended", "owner_lost")
 # Added to every event when a calibration file (detectors.calibration) is applied.
 CALIBRATED = {"fpr": float, "raw": dict}
 
 
-def check_schema(alert: dict[str, Any], calibrated: bool = False) -> None:
+def check_schema(alert: dict[str, Any], calibrated: bool = False, fenced: bool = False) -> None:
     """The alert event schema of random-weight small detectors; ``calibrated``: with a
-    calibration file fitted for them (``fpr`` and ``raw`` added, ``calibrated`` true)."""
-    schema = {**SCHEMA, **CALIBRATED} if calibrated else SCHEMA
+    calibration file fitted for them (``fpr`` and ``raw`` added, ``calibrated`` true);
+    ``fenced``: of a stream leased in a fleet (``lease_epoch`` a positive int, else null)."""
+    schema: dict[str, Any] = {**SCHEMA, **CALIBRATED} if calibrated else dict(SCHEMA)
+    if alert.get("event") == "end":
+        schema["reason"] = str
     assert set(alert) == set(schema), sorted(set(alert) ^ set(schema))
+    if fenced:
+        assert isinstance(alert["lease_epoch"], int) and alert["lease_epoch"] >= 1, alert["lease_epoch"]
+    else:
+        assert alert["lease_epoch"] is None, alert["lease_epoch"]
+    assert alert["event"] != "end" or alert["reason"] in END_REASONS, alert.get("reason")
     for key, kind in schema.items():
         value = alert[key]
         assert isinstance(value, kind) or (kind is float and isinstance(value, int)), (key, value)

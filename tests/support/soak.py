@@ -55,7 +55,7 @@ import yaml
 
 from tests.support.face_videos import write_face_videos
 from tests.support.rtsp import RtspServer
-from tests.support.servers import RedisServer, free_port, stop_process, wait_until
+from tests.support.servers import RedisServer, free_port, wait_until
 from tests.support.small import small_config
 from tests.support.tcp_proxy import DelayingProxy
 
