@@ -181,7 +181,8 @@ class Worker:
         tick = plan.lease_ttl_s / 4
         cfg = small_config(
             worker_name=name,
-            detectors={"enabled": ["caddm"], "caddm": {"sample_fps": 2.0, "window_len": 2, "window_stride": 2}},
+            detectors={"enabled": ["caddm"], "caddm": {"sample_fps": 2.0, "window_len": 2, "window_stride": 2},
+                       "unhealthy_after_s": 5.0},
             faces={"min_size": 24},
             api={"port": self.port, "source_hosts": ["127.0.0.1"], "max_streams": 2 * plan.streams},
             redis={"url": redis_url, "prefix": PREFIX, "stream_maxlen": 10_000_000},
