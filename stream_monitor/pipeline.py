@@ -213,6 +213,7 @@ class StreamPipeline:
         probability = fut.result()
         self._scores.setdefault(clip.track_id, {})[clip.detector] = probability
         self.metrics.windows_scored.labels(clip.detector).inc()
+        self.metrics.window_score.labels(clip.detector).observe(probability)
         self.stats.windows += 1
         self.stats.last_scores[clip.detector] = round(probability, 4)
         score = Score(self.stream_id, clip.track_id, clip.detector, probability, clip.start_pts, clip.end_pts,
