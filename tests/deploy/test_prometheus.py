@@ -170,6 +170,7 @@ class Prometheus:
         cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
         cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
         cfg["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{target_port}"]}]
+        cfg.pop("alerting", None)  # compose's Alertmanager is not here (loopback only; tests/deploy/test_containers.py checks the wiring)
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.proc = subprocess.Popen(
             [exe, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
