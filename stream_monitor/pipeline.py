@@ -86,6 +86,8 @@ class StreamPipeline:
         for detector in engine.runners:  # zero series, so a dashboard shows "none discarded", not "no data"
             for reason in GAP_REASONS:
                 metrics.windows_discarded.labels(detector, reason)
+            # Windows the detector's lane sheds under load (engine.py's stage name): 0, not absent.
+            metrics.frames_dropped.labels(stream_id, f"window_{detector}")
 
     async def open(self) -> None:
         await self.engine.open_stream(self.stream_id)
