@@ -29,8 +29,8 @@ _WHIP_STREAM = {**_STREAM_ID, "name": "stream_id", "description": "The stream id
 _WHIP_SESSION = {"name": "session_id", "in": "path", "required": True,
                  "description": "The session id from the POST's Location (128-bit random, hex).",
                  "schema": {"type": "string"}}
-BEARER = [{"bearer": []}]
-BEARER_OR_QUERY = [{"bearer": []}, {"access_token": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+BEARER_OR_QUERY: list[dict[str, list[str]]] = [{"bearer": []}, {"access_token": []}]
 OPEN: list[dict[str, list[str]]] = []
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import cast
 
 import av
+import av.error
 import numpy as np
 from av.video.stream import VideoStream
 
@@ -40,19 +41,23 @@ def write_sample(path: Path, spec: SyntheticSpec) -> Path:
     partial = path.with_name(path.name + ".partial")
     rate = Fraction(spec.fps).limit_denominator(1001)
     gop = max(1, round(spec.fps))
-    # The container follows the final suffix (PyAV guesses it from the file name).
-    with av.open(str(partial), "w", format=_format_of(path)) as container:
-        stream = cast(VideoStream, container.add_stream("libx264", rate=rate))
-        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.options = {"preset": "veryfast", "crf": "23", "bf": "0",
-                          "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-        for image in synthetic_frames(spec):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            for packet in stream.encode(frame):
+    try:
+        # Named from the final suffix: FFmpeg cannot guess a container from ".partial".
+        with av.open(str(partial), "w", format=_format_of(path)) as container:
+            stream = cast(VideoStream, container.add_stream("libx264", rate=rate))
+            stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
+            stream.codec_context.gop_size = gop
+            stream.options = {"preset": "veryfast", "crf": "23", "bf": "0",
+                              "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+            for image in synthetic_frames(spec):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no half-written file left for the next run to trip on
+        raise
     os.replace(partial, path)
     return path
 
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, ValueError) as exc:
         print(f"sample video: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, av.error.FFmpegError) as exc:
         print(f"sample video: cannot write {args.out}: {exc}", file=sys.stderr)
         return 1
     print(f"sample video: wrote {args.out} ({spec.frame_count} frames, {spec.width}x{spec.height} at {spec.fps:g} fps)",
