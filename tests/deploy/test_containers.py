@@ -2,13 +2,17 @@
 
 No Docker engine or Kubernetes cluster runs here, so:
 - compose.yaml is validated by the Compose CLI (``docker compose``, else Debian's
-  ``docker-compose`` v1: both validate client-side), then its resolved form is checked;
+  ``docker-compose`` v1: both validate client-side) once per profile (``--profile gpu``, the
+  real-weights stack; ``--profile cpu``, the demo that runs anywhere: no GPU, no weights, a
+  generated face video), then each resolved stack is checked, and the Alertmanager wiring
+  (Prometheus' target, the route to the webhook, the entrypoint that puts the URL in) too;
 - the Dockerfile is parsed and its instructions checked; its HEALTHCHECK command and the
   Kubernetes probes are run for real against a monitor on loopback;
 - Kubernetes objects are validated against the JSON schemas bundled in ``kubernetes-validate``
   (CRDs structurally), then cross-checked (ports, labels, Secret keys, the ConfigMap's config
   through ``load_config``); the KEDA query is parsed by ``promtool``; ``kubectl kustomize``
-  builds the whole set (and refuses to without the uncommitted ``secrets.env``);
+  builds the whole set (and refuses to without the uncommitted ``secrets.env``); the weights
+  Job's arguments are parsed by the real CLI;
 - closed by default (issue 11): nothing secret is committed, Compose refuses to render
   without its three secrets, Redis runs with the ACL of deploy/redis (its start.sh and the
   healthcheck/readiness commands run for real in tests/security/test_deploy_defaults.py),
