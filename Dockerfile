@@ -38,6 +38,11 @@ RUN pip install . \
  && pip install --no-deps "facenet-pytorch==2.5.3" "insightface==2.1" \
  && python -c "import stream_monitor.cli, facenet_pytorch, insightface"
 
+# stream_monitor_build_info's "commit" (an image has no .git):
+#   docker build --build-arg STREAM_MONITOR_COMMIT="$(git rev-parse --short=12 HEAD)" .
+ARG STREAM_MONITOR_COMMIT=unknown
+ENV STREAM_MONITOR_COMMIT=${STREAM_MONITOR_COMMIT}
+
 # The container's default configuration (compose and Kubernetes mount their own over it).
 COPY deploy/config.container.yaml /etc/stream-monitor/config.yaml
 

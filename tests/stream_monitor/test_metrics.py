@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 import stream_monitor
-from stream_monitor.metrics import Metrics
+from stream_monitor.metrics import Metrics, build_labels
 
 
 def _samples(metrics: Metrics) -> list[tuple[str, dict[str, str], float]]:
@@ -41,3 +42,14 @@ def test_window_score_histogram_and_no_created_series() -> None:
     assert "_created" not in text, [line for line in text.splitlines() if "_created" in line][:3]
     # The counters are still there (only their creation timestamps are gone).
     assert "stream_monitor_windows_scored_total{detector=\"caddm\"} 1.0" in text
+
+
+def test_build_info_commit_from_the_image_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image has no .git: the Dockerfile's STREAM_MONITOR_COMMIT build argument is used."""
+    monkeypatch.setenv("STREAM_MONITOR_COMMIT", "0123456789ab")
+    build_labels.cache_clear()
+    try:
+        [labels] = [s[1] for s in _samples(Metrics()) if s[0] == "stream_monitor_build_info"]
+        assert labels["commit"] == "0123456789ab"
+    finally:
+        build_labels.cache_clear()
