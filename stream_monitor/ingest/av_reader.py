@@ -253,14 +253,26 @@ def quarter_turns(rotation: float) -> int:
     return int(round(rotation / 90.0)) % 4
 
 
-def upright_image(vf: av.VideoFrame) -> np.ndarray:
+def stream_rotation(stream: VideoStream) -> float:
+    """The rotation an old FFmpeg/PyAV states as stream metadata (``rotate``: clockwise degrees),
+    as counterclockwise degrees; 0 when absent. Used only where frames carry no
+    ``VideoFrame.rotation`` (PyAV before 14)."""
+    try:
+        return -float(stream.metadata.get("rotate", 0))
+    except ValueError:
+        return 0.0
+
+
+def upright_image(vf: av.VideoFrame, fallback: float = 0.0) -> np.ndarray:
     """``vf`` as uint8 RGB ``[H, W, 3]``, turned upright by its display matrix (none: as decoded).
 
     ``np.rot90(image, k)`` turns counterclockwise as displayed (rows down, columns right), the
     direction of ``VideoFrame.rotation``; the result is made contiguous (OpenCV needs it).
+    ``fallback`` (counterclockwise degrees, :func:`stream_rotation`) is used by a PyAV whose
+    frames have no ``rotation``.
     """
     image = vf.to_ndarray(format="rgb24")
-    k = quarter_turns(vf.rotation)
+    k = quarter_turns(getattr(vf, "rotation", fallback))
     return np.ascontiguousarray(np.rot90(image, k)) if k else image
 
 
@@ -320,6 +332,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
         if callable(pace):
             pace = pace()
         decoder = _decoder_in_use(stream_id, stream, hwaccel, device, why)
+        fallback_rotation = stream_rotation(stream)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         period = 1.0 / float(rate) if rate else 1.0 / 25.0
         index = 0
@@ -385,7 +398,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                     elif due > now and stop.wait(due - now):
                         return
                 check_frame_size(vf.width, vf.height, max_pixels, shown)
-                image = upright_image(vf)
+                image = upright_image(vf, fallback_rotation)
                 yield Frame(stream_id, index, float(pts), time.time(), image)
                 last_pts = pts
                 index += 1

@@ -137,3 +137,37 @@ def test_the_turn_agrees_with_ffmpeg_autorotation(tmp_path: Path) -> None:
                               "-pix_fmt", "rgb24", "-"], capture_output=True, check=True, timeout=60).stdout
         theirs = np.frombuffer(raw, np.uint8).reshape(ours.shape)
         assert np.abs(ours.astype(np.int16) - theirs).mean() < 3, rotation
+
+
+def test_old_pyav_fallback_reads_the_rotate_metadata(tmp_path: Path) -> None:
+    """Where frames have no ``rotation`` (PyAV < 14), the stream's ``rotate`` metadata (clockwise
+    degrees, as old FFmpeg exported it) turns them the same way."""
+    import av
+
+    from stream_monitor.ingest.av_reader import stream_rotation, upright_image
+
+    class _Stream:
+        def __init__(self, rotate: str | None) -> None:
+            self.metadata = {} if rotate is None else {"rotate": rotate}
+
+    class _OldFrame:  # what PyAV < 14 gives: to_ndarray, no rotation attribute
+        def __init__(self, image: np.ndarray) -> None:
+            self._image = image
+
+        def to_ndarray(self, format: str) -> np.ndarray:
+            assert format == "rgb24"
+            return self._image
+
+    upright = _upright(0)
+    for rotation in ROTATIONS:
+        stored = np.ascontiguousarray(np.rot90(upright, -quarter_turns(rotation)))
+        clockwise = str((-rotation) % 360)  # "rotate" metadata: 270 for a +90 matrix, and so on
+        fallback = stream_rotation(_Stream(clockwise))  # type: ignore[arg-type]
+        turned = upright_image(_OldFrame(stored), fallback)  # type: ignore[arg-type]
+        assert np.array_equal(turned, upright), rotation
+    assert stream_rotation(_Stream(None)) == 0 and stream_rotation(_Stream("sideways")) == 0  # type: ignore[arg-type]
+    # A real frame's own rotation wins over the fallback.
+    with av.open(str(_clip(tmp_path, 90))) as container:
+        frame = next(container.decode(video=0))
+        assert upright_image(frame, fallback=180.0).shape == (320, 240, 3)
+        assert np.abs(upright_image(frame, fallback=180.0).astype(np.int16) - upright).mean() < 6
