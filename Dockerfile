@@ -38,13 +38,20 @@ RUN pip install . \
  && pip install --no-deps "facenet-pytorch==2.5.3" "insightface==2.1" \
  && python -c "import stream_monitor.cli, facenet_pytorch, insightface"
 
+# stream_monitor_build_info's "commit" (an image has no .git):
+#   docker build --build-arg STREAM_MONITOR_COMMIT="$(git rev-parse --short=12 HEAD)" .
+ARG STREAM_MONITOR_COMMIT=unknown
+ENV STREAM_MONITOR_COMMIT=${STREAM_MONITOR_COMMIT}
+
 # The container's default configuration (compose and Kubernetes mount their own over it).
 COPY deploy/config.container.yaml /etc/stream-monitor/config.yaml
 
-# Non-root user; /weights is an empty read-only mount point owned by root.
+# Non-root user; /weights is an empty read-only mount point owned by root. /media is the
+# user's: a new named volume mounted there (compose's cpu profile writes its sample video
+# into one) takes the ownership of the directory it covers.
 RUN groupadd --system --gid 10001 monitor \
  && useradd --system --uid 10001 --gid monitor --home-dir /home/monitor --create-home --shell /usr/sbin/nologin monitor \
- && mkdir -p /weights && chmod 0555 /weights
+ && mkdir -p /weights /media && chmod 0555 /weights && chown monitor:monitor /media
 VOLUME ["/weights"]
 USER 10001:10001
 WORKDIR /home/monitor

@@ -8,13 +8,28 @@ process; ``render()`` gives the text exposition for ``GET /metrics``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import importlib.metadata
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0)
 _INFER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+# Scores are probabilities in [0, 1]: finer near the usual thresholds (0.5) and the ends.
+_SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+# Without this every counter and histogram child also exposes a ``*_created`` gauge (a
+# timestamp nobody queries: 45 extra series on a small monitor). prometheus_client keeps the
+# switch process-wide; this module owns the service's metrics, so it decides here.
+disable_created_metrics()
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ALERT_DROP_REASONS = ("overflow", "spool_error", "corrupt_spool", "shutdown", "stale_owner")
@@ -50,6 +65,9 @@ class Metrics:
             "Runs of consecutive frames (StyleFlow) closed by a gap before they filled a window, by the gap: "
             "missed_detection, frame_gap (a frame dropped or shed), pts_jump, rate_change.",
             ["detector", "reason"], registry=r)
+        self.window_score = Histogram(p + "window_score",
+                                      "Fake probability of each scored window, in [0, 1], by detector.",
+                                      ["detector"], buckets=_SCORE_BUCKETS, registry=r)
         self.inference_batch_size = Histogram(p + "inference_batch_size", "Windows (or faces) per inference batch.",
                                               ["detector"], buckets=_BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(p + "inference_seconds", "Wall time of one inference batch.",
@@ -88,6 +106,9 @@ class Metrics:
                                    registry=r)
         self.leases_lost = Counter(p + "leases_lost_total",
                                    "Streams stopped because this worker could no longer prove its lease.", registry=r)
+        self.build_info = Info(p + "build", "The monitor's version, git commit (when known) and torch version.",
+                               registry=r)
+        self.build_info.info(build_labels())
         # Every metric with a ``stream`` label: forget_stream removes their series of a deleted stream.
         self.per_stream: tuple[MetricWrapperBase, ...] = (
             self.frames_received, self.frames_analysed, self.frames_dropped, self.faces_detected, self.tracks_active,
@@ -112,3 +133,28 @@ class Metrics:
                     metric.remove(*values)
                 except KeyError:
                     pass  # removed meanwhile (forget_stream from another thread)
+
+
+@lru_cache(maxsize=1)
+def build_labels() -> dict[str, str]:
+    """Labels of ``stream_monitor_build_info``: ``version`` (the package's), ``commit`` (the git
+    commit of a source checkout, else $STREAM_MONITOR_COMMIT or "unknown": an installed image
+    has no .git) and ``torch`` (torch's version, "none" when it is not importable)."""
+    try:
+        version = importlib.metadata.version("stream-monitor")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__ as version
+    commit = os.environ.get("STREAM_MONITOR_COMMIT", "")
+    if not commit:
+        try:
+            result = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                    capture_output=True, text=True, timeout=5)
+            commit = result.stdout.strip() if result.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            commit = ""
+    try:
+        import torch
+        torch_version = str(torch.__version__)
+    except ImportError:
+        torch_version = "none"
+    return {"version": str(version), "commit": commit or "unknown", "torch": torch_version}

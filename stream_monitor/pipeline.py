@@ -111,6 +111,8 @@ class StreamPipeline:
         for detector in engine.runners:  # zero series, so a dashboard shows "none discarded", not "no data"
             for reason in GAP_REASONS:
                 metrics.windows_discarded.labels(detector, reason)
+            # Windows the detector's lane sheds under load (engine.py's stage name): 0, not absent.
+            metrics.frames_dropped.labels(stream_id, f"window_{detector}")
 
     async def open(self) -> None:
         await self.engine.open_stream(self.stream_id, self.detectors)
@@ -245,6 +247,7 @@ class StreamPipeline:
         probability = fut.result()
         self._scores.setdefault(clip.track_id, {})[clip.detector] = probability
         self.metrics.windows_scored.labels(clip.detector).inc()
+        self.metrics.window_score.labels(clip.detector).observe(probability)
         self.stats.windows += 1
         self.stats.last_scores[clip.detector] = round(probability, 4)
         score = Score(self.stream_id, clip.track_id, clip.detector, probability, clip.start_pts, clip.end_pts,

@@ -1,9 +1,9 @@
-"""The HTTP API (aiohttp): health, readiness, metrics, streams, predict.
+"""The HTTP API (aiohttp): health, readiness, metrics, streams, predict; ``/openapi.json`` describes it.
 
 ``build_api(monitor)`` is the full API; ``build_metrics_app(monitor)`` serves only
 ``/metrics`` and ``/healthcheck`` (the ``--metrics-port`` listener). With ``api.token``
-set, every route except ``/healthcheck``, ``/metrics`` and the operator page's own files
-(``/``, ``/static/``) needs ``Authorization: Bearer <token>`` (the page's two live feeds,
+set, every route except ``/healthcheck``, ``/metrics``, ``/openapi.json`` and the operator
+page's own files (``/``, ``/static/``) needs ``Authorization: Bearer <token>`` (the page's two live feeds,
 ``/events`` and ``live.mjpeg``, may instead pass ``?access_token=`` for its ``EventSource``
 and ``<img>``: see :mod:`.auth`).
 Both answer only the ``Host`` names of ``api.allowed_hosts`` (421 otherwise: see
@@ -21,6 +21,7 @@ from .auth import auth_middleware, json_errors
 from .health import add_health_routes
 from .history import add_history_routes
 from .hosts import host_middleware
+from .openapi import add_openapi_route
 from .predict import add_predict_routes
 from .streams import add_stream_routes
 from .ui import add_ui_routes
@@ -44,6 +45,7 @@ def build_api(monitor: "Monitor") -> web.Application:
     add_ui_routes(app)
     add_history_routes(app)
     add_whip_routes(app)
+    add_openapi_route(app)
     return app
 
 

@@ -25,7 +25,8 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthcheck", "/metrics", "/"})
+# /openapi.json describes the API and holds no data (as the page's files).
+OPEN_PATHS = frozenset({"/healthcheck", "/metrics", "/openapi.json", "/"})
 # The operator page's files hold no data: the page asks for the token when the API answers 401.
 OPEN_PREFIXES = ("/static/",)
 _QUERY_TOKEN_METHODS = frozenset({"GET", "HEAD"})

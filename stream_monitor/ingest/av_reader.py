@@ -16,7 +16,17 @@ Shared by the RTSP and file sources. Contract of :func:`read_video`:
   read would be a use-after-free;
 - raises :class:`~stream_monitor.errors.SourceError` with the (redacted) URL and the reason
   for open failures, timeouts, read errors and media it cannot decode;
-- never decodes a picture larger than ``max_pixels`` (``ingest.max_pixels``, width × height).
+- never decodes a picture larger than ``max_pixels`` (``ingest.max_pixels``, width × height);
+- yields pictures **upright**: a display matrix (a phone's portrait clip carries "rotate 90"
+  in its container; an H.264 display-orientation SEI gives the same) is applied, see
+  :func:`upright_image`.
+
+Rotation: FFmpeg puts the display matrix of the stream (MP4/MOV ``tkhd`` matrix, Matroska
+projection) and of display-orientation SEI on every decoded frame as DISPLAYMATRIX side
+data; PyAV's ``VideoFrame.rotation`` reads its rotation, counterclockwise degrees. Frames
+are turned by that many quarter turns with ``np.rot90`` (exact: no resampling), as
+``ffmpeg``'s own autorotation shows them; width and height swap for 90 and 270. A matrix
+that is not a multiple of 90° is rounded to the nearest quarter turn; flips are ignored.
 
 Picture size: FFmpeg's own ``max_pixels`` limit is set on the stream probing inside
 ``av.open`` and on the decoder, so a larger picture is refused before its buffer is allocated
@@ -57,6 +67,7 @@ from typing import Callable, Iterator
 
 import av
 import av.error
+import numpy as np
 from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.video.stream import VideoStream
 
@@ -236,6 +247,35 @@ def _first_video(container: av.container.InputContainer, shown: str, max_pixels:
     return stream
 
 
+def quarter_turns(rotation: float) -> int:
+    """Counterclockwise quarter turns (0-3) for a display-matrix rotation in degrees
+    (counterclockwise, as ``VideoFrame.rotation``: 90, -90, -180, ...), rounded to the nearest."""
+    return int(round(rotation / 90.0)) % 4
+
+
+def stream_rotation(stream: VideoStream) -> float:
+    """The rotation an old FFmpeg/PyAV states as stream metadata (``rotate``: clockwise degrees),
+    as counterclockwise degrees; 0 when absent. Used only where frames carry no
+    ``VideoFrame.rotation`` (PyAV before 14)."""
+    try:
+        return -float(stream.metadata.get("rotate", 0))
+    except ValueError:
+        return 0.0
+
+
+def upright_image(vf: av.VideoFrame, fallback: float = 0.0) -> np.ndarray:
+    """``vf`` as uint8 RGB ``[H, W, 3]``, turned upright by its display matrix (none: as decoded).
+
+    ``np.rot90(image, k)`` turns counterclockwise as displayed (rows down, columns right), the
+    direction of ``VideoFrame.rotation``; the result is made contiguous (OpenCV needs it).
+    ``fallback`` (counterclockwise degrees, :func:`stream_rotation`) is used by a PyAV whose
+    frames have no ``rotation``.
+    """
+    image = vf.to_ndarray(format="rgb24")
+    k = quarter_turns(getattr(vf, "rotation", fallback))
+    return np.ascontiguousarray(np.rot90(image, k)) if k else image
+
+
 def check_frame_size(width: int, height: int, max_pixels: int, shown: str) -> None:
     """SourceError when a ``width`` × ``height`` picture is over ``max_pixels``."""
     if width * height > max_pixels:
@@ -292,6 +332,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
         if callable(pace):
             pace = pace()
         decoder = _decoder_in_use(stream_id, stream, hwaccel, device, why)
+        fallback_rotation = stream_rotation(stream)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         period = 1.0 / float(rate) if rate else 1.0 / 25.0
         index = 0
@@ -357,7 +398,7 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                     elif due > now and stop.wait(due - now):
                         return
                 check_frame_size(vf.width, vf.height, max_pixels, shown)
-                image = vf.to_ndarray(format="rgb24")
+                image = upright_image(vf, fallback_rotation)
                 yield Frame(stream_id, index, float(pts), time.time(), image)
                 last_pts = pts
                 index += 1

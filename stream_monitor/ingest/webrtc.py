@@ -33,6 +33,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..errors import SourceError
 from ..types import Frame
+from .av_reader import upright_image
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,9 @@ class WebRtcSource:
                 frame = self._buffer.get()
                 if frame is None:
                     break
-                image = frame.to_ndarray(format="rgb24")
+                # aiortc negotiates no video-orientation (CVO) extension, so senders rotate
+                # before encoding; a decoder's display matrix, if any, is applied as for files.
+                image = upright_image(frame)
                 arrival = time.time()
                 first = arrival if first is None else first
                 pts = float(frame.time) if frame.time is not None else arrival - first

@@ -2,13 +2,17 @@
 
 No Docker engine or Kubernetes cluster runs here, so:
 - compose.yaml is validated by the Compose CLI (``docker compose``, else Debian's
-  ``docker-compose`` v1: both validate client-side), then its resolved form is checked;
+  ``docker-compose`` v1: both validate client-side) once per profile (``--profile gpu``, the
+  real-weights stack; ``--profile cpu``, the demo that runs anywhere: no GPU, no weights, a
+  generated face video), then each resolved stack is checked, and the Alertmanager wiring
+  (Prometheus' target, the route to the webhook, the entrypoint that puts the URL in) too;
 - the Dockerfile is parsed and its instructions checked; its HEALTHCHECK command and the
   Kubernetes probes are run for real against a monitor on loopback;
 - Kubernetes objects are validated against the JSON schemas bundled in ``kubernetes-validate``
   (CRDs structurally), then cross-checked (ports, labels, Secret keys, the ConfigMap's config
   through ``load_config``); the KEDA query is parsed by ``promtool``; ``kubectl kustomize``
-  builds the whole set (and refuses to without the uncommitted ``secrets.env``);
+  builds the whole set (and refuses to without the uncommitted ``secrets.env``); the weights
+  Job's arguments are parsed by the real CLI;
 - closed by default (issue 11): nothing secret is committed, Compose refuses to render
   without its three secrets, Redis runs with the ACL of deploy/redis (its start.sh and the
   healthcheck/readiness commands run for real in tests/security/test_deploy_defaults.py),
@@ -240,27 +244,50 @@ def compose_cli() -> list[str]:
                 "(Debian package docker-compose, installed by scripts/bootstrap.sh test)")
 
 
+PROFILES = ("gpu", "cpu")
+
+
 def compose_config(cli: list[str], compose_file: Path, secrets: dict[str, str] | None = None,
-                   ) -> subprocess.CompletedProcess[str]:
-    """``compose config`` with exactly ``secrets`` (default: all of :data:`SECRETS`) in the
-    environment: an empty --env-file, so a developer's deploy/.env cannot fill the gaps."""
+                   profiles: tuple[str, ...] = PROFILES) -> subprocess.CompletedProcess[str]:
+    """``compose --profile P ... config`` with exactly ``secrets`` (default: all of :data:`SECRETS`)
+    in the environment: an empty --env-file, so a developer's deploy/.env cannot fill the gaps.
+    (Compose v2 leaves the services of other profiles out of its output; v1 keeps them all
+    with their ``profiles``: :func:`active` tells them apart either way.)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in SECRETS}
     env.update(SECRETS if secrets is None else secrets)
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.env"
         empty.write_text("")
-        return subprocess.run([*cli, "--env-file", str(empty), "-f", str(compose_file), "config"],
+        chosen = [arg for p in profiles for arg in ("--profile", p)]
+        return subprocess.run([*cli, "--env-file", str(empty), "-f", str(compose_file), *chosen, "config"],
                               cwd=compose_file.parent, env=env, capture_output=True, text=True, timeout=60)
+
+
+def active(resolved: dict[str, Any], profile: str) -> dict[str, dict[str, Any]]:
+    """The services ``compose --profile PROFILE up`` starts: those without ``profiles`` and
+    those that list PROFILE."""
+    return {name: svc for name, svc in resolved["services"].items()
+            if not svc.get("profiles") or profile in svc["profiles"]}
+
+
+def _resolved(profile: str) -> dict[str, Any]:
+    result = compose_config(compose_cli(), DEPLOY / "compose.yaml", profiles=(profile,))
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert isinstance(resolved, dict)
+    return {**resolved, "services": active(resolved, profile)}
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    cli = compose_cli()
-    result = compose_config(cli, DEPLOY / "compose.yaml")
-    assert result.returncode == 0, result.stderr
-    resolved = yaml.safe_load(result.stdout)
-    assert isinstance(resolved, dict)
-    return resolved
+    """The resolved stack of the gpu profile (the real-weights deployment)."""
+    return _resolved("gpu")
+
+
+@pytest.fixture(scope="module")
+def compose_cpu() -> dict[str, Any]:
+    """The resolved stack of the cpu profile (no GPU, no weights, a generated sample video)."""
+    return _resolved("cpu")
 
 
 def test_compose_cli_rejects_an_invalid_file(tmp_path: Path) -> None:
@@ -373,6 +400,10 @@ def test_compose_stack(compose: dict[str, Any], dockerfile: list[tuple[str, str]
     # Redis is healthy before the monitor starts; SIGTERM with time to flush.
     assert monitor["depends_on"]["redis"]["condition"] == "service_healthy"
     assert monitor.get("stop_signal", "SIGTERM") == "SIGTERM"
+    # A monitor that cannot start (no weights, no GPU) is retried a few times, not forever.
+    assert _bounded_restart(monitor), monitor.get("restart")
+    # The cpu profile's monitor is not part of this stack.
+    assert "stream-monitor-cpu" not in services and "sample-video" not in services
 
     # Redis: started by deploy/redis/start.sh with users.acl (mounted read-only), not as root,
     # healthy only when the monitor's ACL user can PING.
@@ -388,6 +419,132 @@ def test_compose_stack(compose: dict[str, Any], dockerfile: list[tuple[str, str]
     for name, service in services.items():
         for port in service.get("ports", []):
             assert _published(port)[0] == "127.0.0.1", (name, port)
+
+
+def _bounded_restart(service: dict[str, Any]) -> bool:
+    """``restart: on-failure:N`` (N >= 1): restarts after a crash, but not a crash loop."""
+    m = re.fullmatch(r"on-failure:(\d+)", str(service.get("restart", "")))
+    return m is not None and int(m.group(1)) >= 1
+
+
+def _shell_command(service: dict[str, Any]) -> str:
+    command = service["command"]
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+def test_compose_cpu_profile(compose_cpu: dict[str, Any], compose: dict[str, Any], dockerfile: list[tuple[str, str]],
+                             tmp_path: Path) -> None:
+    """`--profile cpu` runs anywhere: no GPU reservation, no weights, a sample video with a
+    face generated by the image itself, looped into the RTSP server the monitor reads."""
+    services = compose_cpu["services"]
+    assert {"stream-monitor-cpu", "sample-video", "redis", "rtsp", "rtsp-publisher", "prometheus", "alertmanager",
+            "grafana"} <= set(services)
+    assert "stream-monitor" not in services
+    # Nothing in the profile asks for a GPU.
+    for name, service in services.items():
+        assert "devices" not in service.get("deploy", {}).get("resources", {}).get("reservations", {}), name
+    monitor = services["stream-monitor-cpu"]
+    gpu_monitor = compose["services"]["stream-monitor"]
+    assert monitor["image"] == gpu_monitor["image"] and Path(monitor["build"]["context"]).resolve() == ROOT
+    assert "/weights" not in _mounts(monitor)
+    assert _bounded_restart(monitor), monitor.get("restart")
+    limits = monitor["deploy"]["resources"]["limits"]
+    assert float(limits["cpus"]) > 0 and limits["memory"]
+    # Prometheus' target name reaches it: the network alias of the gpu monitor's service name.
+    assert "stream-monitor" in monitor["networks"]["default"]["aliases"]
+
+    # Its config: deploy/demo-cpu.yaml's settings, CPU, random weights, the compose stream.
+    cmd = monitor["command"]
+    config_source, ro = _mounts(monitor)[cmd[cmd.index("--config") + 1]]
+    assert ro
+    env = {k: str(v) for k, v in monitor["environment"].items() if v}
+    cfg = load_config(config_source, environ=env)
+    demo = load_config(DEPLOY / "demo-cpu.yaml")
+    assert cfg.detectors.device == "cpu" and cfg.detectors.random_weights
+    assert cfg.detectors.enabled == demo.detectors.enabled
+    assert cfg.detectors.caddm.model == demo.detectors.caddm.model and cfg.ingest.max_fps == demo.ingest.max_fps
+    assert cfg.redis.url == f"redis://stream-monitor:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    assert cfg.api.token == SECRETS["STREAM_MONITOR_API_TOKEN"] and cfg.api.host == "0.0.0.0"
+    assert answers(cfg, "metrics", f"stream-monitor:{cfg.metrics.port}") and not answers(cfg, "api", EVIL_HOST)
+    [stream] = cfg.streams
+    publisher = services["rtsp-publisher"]
+    assert stream.url in _shell_command(publisher)
+
+    # The sample: written once by the image's own module into the volume the publisher reads,
+    # before the monitor starts.
+    assert monitor["depends_on"]["sample-video"]["condition"] == "service_completed_successfully"
+    sample = services["sample-video"]
+    assert sample["image"] == monitor["image"] and sample.get("restart", "no") == "no"
+    assert sample["entrypoint"] == ["python", "-m", "stream_monitor.ingest.sample_video"]
+    out = PurePosixPath(sample["command"][0])
+    [(volume, target)] = [(src, tgt) for tgt, (src, _) in _mounts(sample).items() if out.is_relative_to(tgt)]
+    # A fresh named volume is root's unless the image's directory under it belongs to the user.
+    assert volume in compose_cpu["volumes"], volume
+    runs = " ".join(a for ins, a in dockerfile if ins == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{re.escape(target)}\b", runs) and \
+        re.search(rf"chown monitor:monitor {re.escape(target)}\b", runs), target
+    [(pub_target, (_, pub_ro))] = [(tgt, m) for tgt, m in _mounts(publisher).items() if m[0] == volume]
+    assert pub_ro and str(PurePosixPath(pub_target) / out.relative_to(target)) in _shell_command(publisher)
+    # ... and the command really writes a video of the face (shortened here).
+    from stream_monitor.ingest.sample_video import main as write_sample
+    args = [str(tmp_path / out.name), *sample["command"][1:]]
+    args[args.index("--seconds") + 1] = "0.4"
+    assert write_sample(args) == 0
+    import av
+    with av.open(args[0]) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 10 and frames[0].shape == (480, 640, 3)
+    assert frames[0].std() > 10  # the photo, not a blank frame
+
+    # Everything else is the same stack as the gpu profile.
+    for name in ("redis", "rtsp", "rtsp-publisher", "prometheus", "alertmanager", "grafana"):
+        assert services[name] == compose["services"][name], name
+
+
+def test_compose_alertmanager_receives_the_rules(compose: dict[str, Any], tmp_path: Path) -> None:
+    """Prometheus sends its alerts to the compose Alertmanager, whose route ends in a webhook
+    at $ALERT_WEBHOOK_URL (put in place by the service's entrypoint)."""
+    services = compose["services"]
+    am = services["alertmanager"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text(encoding="utf-8"))
+    targets = [t for a in scrape["alerting"]["alertmanagers"] for sc in a["static_configs"] for t in sc["targets"]]
+    container_ports = {_published(p)[2] for p in am["ports"]}
+    assert targets and all(t.split(":")[0] == "alertmanager" and int(t.split(":")[1]) in container_ports
+                           for t in targets), targets
+    assert all(_published(p)[0] == "127.0.0.1" for p in am["ports"])
+    config_dir, ro = _mounts(am)["/etc/alertmanager"]
+    assert ro and Path(config_dir).resolve() == DEPLOY / "alertmanager"
+
+    # The entrypoint's rendering, run for real by sh (paths moved under tmp, alertmanager
+    # itself replaced by a no-op): the URL from the environment lands in the webhook.
+    assert am["entrypoint"] == ["/bin/sh", "-c"]
+    script = _shell_command(am).replace("$$", "$")
+    assert "/bin/alertmanager --config.file=/tmp/alertmanager.yml" in script
+    script = (script.replace("/etc/alertmanager/", f"{DEPLOY / 'alertmanager'}/")
+              .replace("/tmp/alertmanager.yml", str(tmp_path / "alertmanager.yml"))
+              .replace("exec /bin/alertmanager", "true"))
+    url = "https://hooks.example/stream-monitor?key=a&b=c|d%2F"  # sed specials & and |
+    subprocess.run(["sh", "-c", script], env={"ALERT_WEBHOOK_URL": url, "PATH": os.environ["PATH"]}, check=True,
+                   timeout=30)
+    rendered = yaml.safe_load((tmp_path / "alertmanager.yml").read_text(encoding="utf-8"))
+    assert str(am["environment"]["ALERT_WEBHOOK_URL"]).startswith("http")  # a default that parses
+
+    # Every route (the root and its children) ends in a receiver that exists and has a webhook.
+    receivers = {r["name"]: r for r in rendered["receivers"]}
+    routes = [rendered["route"], *rendered["route"].get("routes", [])]
+    for route in routes:
+        receiver = receivers[route.get("receiver", rendered["route"]["receiver"])]
+        assert [w["url"] for w in receiver["webhook_configs"]] == [url], receiver
+    # Routes match on labels the rules set, and group by labels they carry.
+    rules = yaml.safe_load((DEPLOY / "prometheus/rules.yml").read_text(encoding="utf-8"))
+    severities = {r["labels"]["severity"] for g in rules["groups"] for r in g["rules"]}
+    for route in routes[1:]:
+        for matcher in route["matchers"]:
+            m = re.fullmatch(r'(\w+)="(\w+)"', matcher)
+            assert m and m.group(1) == "severity" and m.group(2) in severities, matcher
+    for inhibit in rendered.get("inhibit_rules", []):
+        for matcher in inhibit["source_matchers"] + inhibit["target_matchers"]:
+            assert re.fullmatch(r'severity="(\w+)"', matcher).group(1) in severities, matcher  # type: ignore[union-attr]
 
 
 def test_compose_refuses_to_render_without_its_secrets() -> None:
@@ -439,7 +596,7 @@ def test_k8s_schemas(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
         validated.add(kind)
     # The Secret is generated by kustomize (test_kustomize_builds_only_with_secrets validates it).
     assert {"Deployment", "Service", "ConfigMap", "StatefulSet", "PersistentVolumeClaim",
-            "HorizontalPodAutoscaler"} <= validated
+            "HorizontalPodAutoscaler", "Job"} <= validated
     assert "Secret" not in validated
 
     # The schema check is real: a probe with a misspelt field, or a wrong type, is rejected.
@@ -472,6 +629,54 @@ def _port(container: dict[str, Any], port: int | str) -> int:
         return port
     [number] = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
     return int(number)
+
+
+def test_k8s_weights_fetch_job(k8s: dict[tuple[str, str], dict[str, Any]], tmp_path: Path) -> None:
+    """The Job fills the workers' weights volume with `stream-monitor weights fetch`: the same
+    image and claim, mounted read-write only there, every enabled detector's fetchable files."""
+    from typer.main import get_command
+
+    from stream_monitor.cli import app
+    from stream_monitor.weights_sources import fetchable_names, lookup
+
+    job = k8s[("Job", "stream-monitor-weights-fetch")]
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    worker_pod, worker = _container(k8s)
+    assert container["image"] == worker["image"]
+    assert pod["restartPolicy"] in ("OnFailure", "Never") and job["spec"]["backoffLimit"] >= 1
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    argv = container["command"] + container["args"]
+    assert argv[:3] == ["stream-monitor", "weights", "fetch"]
+    weights_dir = argv[argv.index("--weights-dir") + 1]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == weights_dir]
+    assert not mount.get("readOnly")
+    claim = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["persistentVolumeClaim"]
+    worker_claims = [v["persistentVolumeClaim"]["claimName"] for v in worker_pod["volumes"]
+                     if "persistentVolumeClaim" in v]
+    assert claim["claimName"] in worker_claims and not claim.get("readOnly")
+    modes = k8s[("PersistentVolumeClaim", claim["claimName"])]["spec"]["accessModes"]
+    assert "ReadOnlyMany" in modes and ({"ReadWriteOnce", "ReadWriteMany"} & set(modes)), modes
+    # The arguments parse as the real CLI's `weights fetch` (parsed, not run: it would download).
+    weights_group = get_command(app).commands["weights"]  # type: ignore[attr-defined]
+    fetch_command = weights_group.commands["fetch"]
+    params = fetch_command.make_context("fetch", argv[3:]).params
+    assert str(params["weights_dir"]) == weights_dir
+    names = list(params["names"])
+    assert names and all(n in fetchable_names() for n in names), names
+    # Each detector the worker's ConfigMap enables gets its fetchable default file.
+    args = worker["args"]
+    config_path = PurePosixPath(args[args.index("--config") + 1])
+    cfg_file = tmp_path / config_path.name
+    cfg_file.write_text(k8s[("ConfigMap", "stream-monitor-config")]["data"][config_path.name], encoding="utf-8")
+    cfg = load_config(cfg_file, environ=pod_env(worker, SECRETS))
+    fetched = {lookup(n).model for n in names}  # type: ignore[union-attr]
+    for detector in cfg.detectors.enabled:
+        source = lookup(detector)
+        if source is not None:
+            assert source.model in fetched, detector
+    # Non-commercial files are fetched only with the licence accepted explicitly.
+    assert params["accept_licence"] == any(lookup(n).non_commercial for n in names)  # type: ignore[union-attr]
 
 
 def test_k8s_worker_semantics(k8s: dict[tuple[str, str], dict[str, Any]], dockerfile: list[tuple[str, str]],

@@ -51,6 +51,8 @@ def _dashboard_queries(path: Path) -> list[tuple[str, str, str]]:
         for t in panel.get("targets", []):
             out.append(("panel", f"{path.name}: {panel['title']} [{t['refId']}]", t["expr"]))
     for var in d.get("templating", {}).get("list", []):
+        if var["type"] == "datasource":  # the ${DS_PROMETHEUS} picker: a plugin id, not PromQL
+            continue
         q = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
         out.append(("variable", f"{path.name}: ${var['name']}", q))
     for ann in d.get("annotations", {}).get("list", []):
@@ -75,6 +77,8 @@ def _known_metric_names() -> set[str]:
             names.add(family.name + "_total")
         elif family.type == "histogram":
             names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+        elif family.type == "info":
+            names.add(family.name + "_info")
         else:
             names.add(family.name)
     return names
@@ -100,30 +104,105 @@ def test_dashboards_and_rules_name_only_existing_metrics() -> None:
     assert "stream_monitor_frames_recieved_total" not in known
 
 
-def test_dashboards_use_the_provisioned_datasource_and_cover_the_fleet() -> None:
+def _datasource_refs(node: Any) -> Iterator[dict[str, Any]]:
+    """Every ``datasource`` object in a dashboard, however deep."""
+    if isinstance(node, dict):
+        if isinstance(node.get("datasource"), dict):
+            yield node["datasource"]
+        for value in node.values():
+            yield from _datasource_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _datasource_refs(value)
+
+
+def test_dashboards_import_anywhere_and_cover_the_fleet() -> None:
+    """No hard-coded datasource uid: every Prometheus reference is ``${DS_PROMETHEUS}``, an
+    import input (Grafana's "Import dashboard" asks for it) and a datasource variable (file
+    provisioning, which ignores ``__inputs``, picks the default Prometheus: ours)."""
     ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())
-    assert [d["uid"] for d in ds["datasources"]] == [DATASOURCE_UID]
+    [provisioned] = ds["datasources"]
+    assert provisioned["type"] == "prometheus" and provisioned["isDefault"] is True
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/provider.yaml").read_text())
     assert provider["providers"][0]["type"] == "file"
     uids = set()
     for path in DASHBOARDS:
-        d = json.loads(path.read_text())
+        text = path.read_text()
+        d = json.loads(text)
         uids.add(d["uid"])
+        assert DATASOURCE_UID not in text, path.name
+        assert [(i["name"], i["type"], i["pluginId"]) for i in d["__inputs"]] == \
+            [("DS_PROMETHEUS", "datasource", "prometheus")], path.name
+        variables = {v["name"]: v for v in d["templating"]["list"]}
+        assert variables["DS_PROMETHEUS"]["type"] == "datasource" and variables["DS_PROMETHEUS"]["query"] == "prometheus"
+        refs = list(_datasource_refs(d))
+        prometheus_refs = [r for r in refs if r.get("type") != "grafana"]  # the built-in annotations' own
+        assert prometheus_refs and all(r == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"} for r in prometheus_refs), \
+            (path.name, [r for r in prometheus_refs if r.get("uid") != "${DS_PROMETHEUS}"])
         for panel in d["panels"]:
-            assert panel["datasource"]["uid"] == DATASOURCE_UID, (path.name, panel["title"])
-            assert all(t["datasource"]["uid"] == DATASOURCE_UID for t in panel["targets"]), panel["title"]
-        for ann in d["annotations"]["list"]:
-            if "expr" in ann:
-                assert ann["datasource"]["uid"] == DATASOURCE_UID
+            assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", (path.name, panel["title"])
+            assert all(t["datasource"]["uid"] == "${DS_PROMETHEUS}" for t in panel["targets"]), panel["title"]
     assert len(uids) == len(DASHBOARDS)
     drill = [json.loads(p.read_text()) for p in DASHBOARDS if p.name == "stream-drilldown.json"][0]
-    assert [v["name"] for v in drill["templating"]["list"]] == ["stream"]
+    assert [v["name"] for v in drill["templating"]["list"]] == ["DS_PROMETHEUS", "stream"]
     assert all("$stream" in t["expr"] for panel in drill["panels"] for t in panel["targets"])
     fleet_metrics = {m for _, where, e in ALL_QUERIES if where.startswith("fleet-overview") for m in METRIC_RE.findall(e)}
     # Everything the service exports has a place on the fleet overview (histograms via _bucket or _sum/_count).
     for name in _known_metric_names():
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         assert name in fleet_metrics or any(m.startswith(base + "_") for m in fleet_metrics), name
+
+
+# The alerting rules whose threshold a panel draws, and that panel (fleet overview).
+OBJECTIVE_PANELS = {"AlertLatencyOverObjective": "Alert latency p50 / p99",
+                    "StreamHighDropRate": "Frames dropped before analysis, share of received",
+                    "AlertOutboxBackingUp": "Redis outbox"}
+
+
+def _panels(name: str) -> dict[str, dict[str, Any]]:
+    d = json.loads((ROOT / "deploy/grafana/dashboards" / name).read_text())
+    return {p["title"]: p for p in d["panels"]}
+
+
+def _threshold_values(panel: dict[str, Any]) -> list[float]:
+    steps = panel["fieldConfig"]["defaults"].get("thresholds", {}).get("steps", [])
+    return [float(s["value"]) for s in steps if s["value"] is not None]
+
+
+def test_dashboards_draw_the_rules_objectives_and_read_well() -> None:
+    fleet = _panels("fleet-overview.json")
+    rules = dict(_rule_exprs())
+    for alert, title in OBJECTIVE_PANELS.items():
+        m = re.search(r">\s*([\d.]+)\s*$", rules[alert].strip())
+        assert m, (alert, rules[alert])
+        panel = fleet[title]
+        # The rule's number is the panel's red line.
+        assert float(m.group(1)) in _threshold_values(panel), (alert, title, _threshold_values(panel))
+        assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"].startswith("line"), title
+        metrics = set(METRIC_RE.findall(rules[alert]))
+        assert metrics & {n for t in panel["targets"] for n in METRIC_RE.findall(t["expr"])}, (alert, title)
+
+    for name in ("fleet-overview.json", "stream-drilldown.json"):
+        for title, panel in _panels(name).items():
+            exprs = [t["expr"] for t in panel["targets"]]
+            unit = panel["fieldConfig"]["defaults"].get("unit", "")
+            # Up/down gauges read as words and colours, not 0 and 1.
+            if all(re.fullmatch(r"stream_monitor_stream_up(\{[^}]*\})?", e) for e in exprs):
+                [mapping] = panel["fieldConfig"]["defaults"]["mappings"]
+                assert {k: v["text"] for k, v in mapping["options"].items()} == {"0": "down", "1": "up"}, title
+            # Rates say per what: "/s" (or "/min" for "* 60"), not a bare number.
+            if all("rate(" in e and "histogram_quantile" not in e and " / " not in e for e in exprs):
+                assert unit.endswith("/min" if all(e.endswith("* 60") for e in exprs) else "/s"), (name, title, unit)
+            if all(re.search(r"histogram_quantile\(.*_seconds_bucket", e) for e in exprs):
+                assert unit == "s", (name, title, unit)
+            # Dropped *frames* are the ingest and faces stages; windows are shed elsewhere.
+            if "Frames dropped" in title and "frames_dropped_total" in " ".join(exprs):
+                assert all('stage=~"ingest|faces"' in e for e in exprs), (title, exprs)
+    # Scores have a distribution panel; versions a table.
+    [heatmap] = [p for p in fleet.values() if p["type"] == "heatmap"]
+    assert "stream_monitor_window_score_bucket" in heatmap["targets"][0]["expr"]
+    assert heatmap["targets"][0]["format"] == "heatmap"
+    assert any("stream_monitor_build_info" in t["expr"] for p in fleet.values() for t in p["targets"])
 
 
 # ---------------------------------------------------------------- promtool
@@ -170,6 +249,7 @@ class Prometheus:
         cfg = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
         cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
         cfg["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{target_port}"]}]
+        cfg.pop("alerting", None)  # compose's Alertmanager is not here (loopback only; tests/deploy/test_containers.py checks the wiring)
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.proc = subprocess.Popen(
             [exe, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",

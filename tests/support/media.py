@@ -12,7 +12,7 @@ from av.video.stream import VideoStream
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, codec: str = "libx264",
-                damaged_audio: bool = False) -> Path:
+                damaged_audio: bool = False, rotation: int = 0) -> Path:
     """Encode uint8 RGB ``[H, W, 3]`` frames (even H and W) to ``path`` and return it.
 
     H.264 (libx264, yuv420p, no B-frames) with a keyframe every second, so a reader that
@@ -20,6 +20,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, code
     The container follows the suffix (``.mp4``, ``.mkv``, ...). Frame ``i`` has pts ``i / fps``.
     ``damaged_audio`` adds an AC3 track of random bytes (use ``.mkv``): decoding it fails
     with ``InvalidDataError`` like the damaged audio of OpenCV's Megamind.avi.
+    ``rotation``: a display matrix rotating the stored pictures by that many degrees
+    counterclockwise for display (what a phone writes for a portrait clip: 90 or -90).
     """
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
@@ -28,6 +30,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, code
         stream.pix_fmt = "yuv420p"
         gop = max(1, round(fps))
         stream.codec_context.gop_size = gop
+        if rotation:
+            stream.set_display_rotation(rotation)
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "23", "bf": "0",
                               "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
