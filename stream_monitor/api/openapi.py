@@ -65,12 +65,27 @@ def _op(summary: str, responses: dict[str, Any], security: list[dict[str, list[s
     return out
 
 
+# A stream's own settings (config.StreamSettings): in POST /streams bodies and GET /streams statuses.
+_SETTINGS: dict[str, Any] = {
+    "name": {"type": ["string", "null"], "minLength": 1, "maxLength": 100,
+             "description": "A display name (plain text)."},
+    "detectors": {"type": ["array", "null"], "minItems": 1, "uniqueItems": True,
+                  "items": {"enum": ["caddm", "sta", "styleflow"]},
+                  "description": "The detectors that score this stream (a subset of detectors.enabled; "
+                                 "unset: all)."},
+    "threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                  "description": "Its incidents start at this fused score (unset: alerts.threshold)."},
+    "max_fps": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                "description": "Frames a second decoded at most (unset: ingest.max_fps)."},
+}
+
 _STREAMS_BODY = {"required": True, "content": {JSON: {"schema": {
     "type": "object", "required": ["id", "url"], "additionalProperties": False,
     "properties": {"id": {"$ref": "#/components/schemas/StreamId"},
                    "url": {"type": "string", "minLength": 1,
                            "description": "rtsp://, rtsps://, http(s):// (HLS, MP4), file paths under "
-                                          "api.source_roots, synthetic: (README: sources)"}}}}}}
+                                          "api.source_roots, synthetic: (README: sources)"},
+                   **_SETTINGS}}}}}
 
 _PATHS: dict[str, dict[str, Any]] = {
     "/healthcheck": {"get": _op("Liveness: the process answers.", {
@@ -141,6 +156,32 @@ _PATHS: dict[str, dict[str, Any]] = {
         "get": _op("The operator page's scripts and styles.", {
             "200": {"description": "The file."}, "403": _error("Outside the static folder."),
             "404": _error("No such file.")}, OPEN)},
+    "/alerts": {"get": _op(
+        "The alert history, newest first: the Redis Stream (every worker's alerts) or, without Redis, this "
+        "worker's latest 1000.", {
+            "200": _json("The alert events.", {"type": "object", "required": ["alerts", "source"], "properties": {
+                "alerts": {"type": "array", "items": {"type": "object",
+                                                       "description": "An alert event (README: alert schema)."}},
+                "source": {"enum": ["redis", "local"]}}}),
+            "400": _error("A bad stream, since or limit."),
+            "503": _error("Redis is unreachable.")},
+        parameters=[
+            {"name": "stream", "in": "query", "required": False, "description": "Only this stream's events.",
+             "schema": {"$ref": "#/components/schemas/StreamId"}},
+            {"name": "since", "in": "query", "required": False,
+             "description": "Only events at or after this time: epoch milliseconds or ISO 8601 with a zone.",
+             "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False, "description": "At most this many (default 50).",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 500}}])},
+    "/evidence/{name}": {
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "description": "A file named by an alert event's evidence URLs.",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_]{1,64}-[0-9]{1,9}-(frame|faces)\\.jpg$"}}],
+        "get": _op("An incident's evidence: the frame with the face's box, or the strip of the window's face "
+                   "crops.", {
+                       "200": {"description": "The JPEG.", "content": {"image/jpeg": {
+                           "schema": {"type": "string", "contentMediaType": "image/jpeg"}}}},
+                       "404": _error("No such file (pruned, never written, or alerts.evidence_dir unset).")})},
     "/whip/{stream_id}": {
         "parameters": [_WHIP_STREAM],
         "post": _op("WHIP (RFC 9725): publish a WebRTC video as a stream; the body is the SDP offer with every "
@@ -186,7 +227,9 @@ _COMPONENTS: dict[str, Any] = {
             "id": {"$ref": "#/components/schemas/StreamId"}, "url": {"type": "string"},
             "transport": {"type": "string"}, "faces": {"type": "integer"}, "tracks": {"type": "integer"},
             "frames_analysed": {"type": "integer"}, "windows": {"type": "integer"}, "alerts": {"type": "integer"},
-            "last_scores": {"type": "object", "additionalProperties": {"type": "number"}}},
+            "last_scores": {"type": "object", "additionalProperties": {"type": "number"}},
+            "inference_errors": {"type": "integer"}, "last_inference_error": {"type": ["string", "null"]},
+            **_SETTINGS},
             "description": "Also the supervisor's state (connected, reconnects, errors) and, with "
                            "fleet.enabled, the owning worker."},
     },
