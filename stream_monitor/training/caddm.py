@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.caddm import CADDM
+
 CROP = 224
 FEATURE_MAPS = (7, 5, 3, 1)
 STEPS = (32, 45, 75, 224)
@@ -95,7 +97,7 @@ def batch_targets(labels: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Ten
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def train_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def train_outputs(model: CADDM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits [N, 2], loc [N, 168, 4], conf [N, 168, 2])`` of :class:`models.caddm.CADDM`
     on preprocessed input ``x`` (BGR 0–255 ``[N, 3, 224, 224]``): the eval path's logits plus
     the ADM's anchor heads on each of its four maps (heads in ``models.caddm`` are
@@ -139,6 +141,8 @@ class CaddmObjective:
         self.priors = anchors()
 
     def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if not isinstance(model, CADDM):
+            raise TypeError(f"CADDM's objective needs a CADDM model, got {type(model).__name__}")
         logits, loc, conf = train_outputs(model, x)
         loc_t, conf_t = batch_targets(labels.cpu(), self.priors)
         loss_l, loss_c = multibox_loss(loc.float(), conf, loc_t.to(x.device), conf_t.to(x.device))
@@ -170,7 +174,8 @@ def _jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else img
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    return img if decoded is None else np.asarray(decoded)
 
 
 def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -25,12 +25,14 @@ Contract:
 * **Output** (``OUT``): ``<model>.safetensors`` (canonical keys: ``create_model(model,
   checkpoint=...)`` loads it strictly), ``config.yaml`` (the run's detector, face and ingest
   sections with ``detectors.<d>.checkpoint`` pointing at that file: ``stream-monitor eval
-  --config OUT/config.yaml`` measures it) and ``finetune.json`` (split, history, final AUC).
+  OUT/val.csv --config OUT/config.yaml`` measures it on the held-out videos, listed in
+  ``val.csv``) and ``finetune.json`` (split, history, final AUC).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
@@ -226,6 +228,14 @@ def _split_doc(samples: Sequence[Sample], crops: Sequence[VideoCrops]) -> list[d
     return [{"video": s.video, "label": s.label, "crops": int(len(c.crops))} for s, c in zip(samples, crops)]
 
 
+def _write_csv(path: Path, samples: Sequence[Sample]) -> None:
+    """The held-out videos as eval's ``csv`` layout (absolute paths): ``eval OUT/val.csv``."""
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["path", "label", "group"])
+        writer.writerows([str(s.path.resolve()), s.label, s.group or ""] for s in samples)
+
+
 def finetune(cfg: Config, dataset: Dataset, opts: FinetuneOptions) -> dict[str, Any]:
     """Train ``opts.detector`` on ``dataset`` (see the module docstring); returns the
     ``finetune.json`` document. Raises ``DatasetError`` (split), ``WeightsError`` (start
@@ -344,5 +354,7 @@ def finetune(cfg: Config, dataset: Dataset, opts: FinetuneOptions) -> dict[str, 
         "train": _split_doc(train_samples, train), "val": _split_doc(val_samples, val),
         "loss": history.loss, "val_auc": history.val, "final_val": final,
     }
+    if val_samples:
+        _write_csv(opts.out / "val.csv", val_samples)
     (opts.out / "finetune.json").write_text(json.dumps(doc, indent=1, default=float), encoding="utf-8")
     return doc

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.sta import StA
+
 LR = 2e-4
 WEIGHT_DECAY = 5e-4
 
@@ -43,6 +45,8 @@ class StaObjective:
     """Cross-entropy of the logits on a batch of preprocessed clips ``[N, T, 3, 224, 224]``."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if not isinstance(model, StA):
+            raise TypeError(f"StA's objective needs a StA model, got {type(model).__name__}")
         logits = model.forward_logits(x)
         loss = F.cross_entropy(logits.float(), labels)
         return loss, {"cls": float(loss.detach())}
@@ -50,7 +54,8 @@ class StaObjective:
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else img
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    return img if decoded is None else np.asarray(decoded)
 
 
 def augment_clip(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:

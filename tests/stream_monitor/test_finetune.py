@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import models
+from models._loading import LoadReport
 from stream_monitor.config import load_config
 from stream_monitor.evaluation.datasets import Dataset, DatasetError, load_dataset
 from stream_monitor.training import caddm as caddm_recipe
@@ -102,15 +103,20 @@ def test_caddm_loss_falls_and_the_output_loads_strictly(trained: tuple[Path, dic
     assert doc["final_val"]["n"] == 4 and 0.0 <= doc["final_val"]["auc"] <= 1.0  # a number, not asserted higher
     weights = out / "caddm_resnet34.safetensors"
     model = models.create_model("caddm_resnet34", checkpoint=str(weights), **CADDM_SMALL["overrides"])
-    assert model.load_report is not None and not model.load_report.missing and not model.load_report.unexpected
+    report = model.load_report
+    assert isinstance(report, LoadReport) and not report.missing and not report.unexpected and not report.mismatched
     fresh = models.create_model("caddm_resnet34", **CADDM_SMALL["overrides"])
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
     # config.yaml: what eval loads, the checkpoint resolved to this file, the same small model
     cfg = load_config(out / "config.yaml")
     assert cfg.detectors.enabled == ["caddm"] and not cfg.detectors.random_weights
-    assert Path(resolve("caddm", cfg.detectors).checkpoint) == weights.resolve()
+    checkpoint = resolve("caddm", cfg.detectors).checkpoint
+    assert isinstance(checkpoint, str) and Path(checkpoint) == weights.resolve()
     assert cfg.detectors.caddm.overrides == CADDM_SMALL["overrides"]
     assert json.loads((out / "finetune.json").read_text())["steps"] == STEPS
+    held_out = load_dataset(out / "val.csv")  # what `eval OUT/val.csv --config OUT/config.yaml` scores
+    assert sorted(s.video.rsplit("/", 1)[-1] for s in held_out.samples) == \
+        sorted(v["video"].rsplit("/", 1)[-1] for v in doc["val"])
 
 
 def test_stopped_run_resumes_to_the_same_losses(tmp_path: Path, dataset: Path,
