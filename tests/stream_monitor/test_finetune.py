@@ -148,14 +148,14 @@ def test_stopped_run_resumes_to_the_same_losses(tmp_path: Path, dataset: Path,
         torch.testing.assert_close(resumed[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_sta_trains_adapters_and_head_only(tmp_path: Path, dataset: Path,
-                                           trained: tuple[Path, dict[str, Any]]) -> None:
+def test_sta_trains_adapters_and_head_only(tmp_path: Path, dataset: Path) -> None:
     out = tmp_path / "sta"
-    out.mkdir()
-    shutil.copy(trained[0] / "cache.sqlite", out / "cache.sqlite")  # the faces; StA's crops are its own
     cfg = load_config(None, eval_config(["sta"]))
-    doc = finetune(cfg, load_dataset(dataset), _opts(out, detector="sta", steps=2, batch_size=2, val_fraction=0.0,
-                                                     lr=1e-2, augment=True))
+    data = load_dataset(dataset)
+    pair = Dataset(data.layout, data.root, tuple(s for s in data.samples if Path(s.video).stem == "real_0"))
+    assert sorted(s.label for s in pair.samples) == [0, 1, 1]  # the real, its video- and self-blended fakes
+    doc = finetune(cfg, pair, _opts(out, detector="sta", steps=2, batch_size=2, val_fraction=0.0, lr=1e-2,
+                                    augment=True))
     assert doc["val"] == [] and doc["final_val"] is None and len(doc["loss"]) == 2
     overrides = SMALL_DETECTORS["sta"]["overrides"]
     torch.manual_seed(0)  # the run's start: a fresh model under its seed
