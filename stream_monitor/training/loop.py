@@ -250,6 +250,8 @@ def finetune(cfg: Config, dataset: Dataset, opts: FinetuneOptions) -> dict[str, 
     train_samples, val_samples = split_by_identity(dataset, opts.val_fraction, opts.seed)
     meta = _meta(cfg, opts)
     state = load_state(opts.out, meta) if opts.resume else None
+    if state is None and (_checkpoint_dir(opts.out) / "state.pt").is_file():
+        log.warning("%s holds a checkpoint; starting over (--resume continues it)", _checkpoint_dir(opts.out))
     ckpt_model = _checkpoint_dir(opts.out) / "model.safetensors"
     model = _build_model(cfg, opts, ckpt_model if state is not None else None)
     card = model.card
