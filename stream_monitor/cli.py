@@ -605,8 +605,9 @@ def finetune_detector(
     else:
         final = doc["final_val"]
         auc = "n/a" if final is None else f"{final['auc']:.4f} on {final['n']} videos"
+        data_arg = f"{out}/val.csv" if doc["val"] else "DATASET"
         typer.echo(f"wrote {doc['weights']} (step {doc['steps']}, validation video AUC {auc}); "
-                   f"measure it with: stream-monitor eval DATASET --config {out}/config.yaml --out EVAL_DIR")
+                   f"measure it with: stream-monitor eval {data_arg} --config {out}/config.yaml --out EVAL_DIR")
     _exit_when_done(0)
 
 
