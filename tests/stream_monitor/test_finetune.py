@@ -25,7 +25,7 @@ import torch
 
 import models
 from models._loading import LoadReport
-from stream_monitor.config import load_config
+from stream_monitor.config import Config, load_config
 from stream_monitor.evaluation.datasets import Dataset, DatasetError, load_dataset
 from stream_monitor.training import caddm as caddm_recipe
 from stream_monitor.training import sta as sta_recipe
@@ -54,6 +54,13 @@ def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def _caddm_config() -> Config:
+    """The small CADDM at 4 fps: 6 crops per 1.5 s video (less face detection, same code)."""
+    cfg = eval_config(["caddm"])
+    cfg["detectors"]["caddm"]["sample_fps"] = 4.0
+    return load_config(None, cfg)
+
+
 def _opts(out: Path, **kw: Any) -> FinetuneOptions:
     base: dict[str, Any] = {"detector": "caddm", "steps": STEPS, "batch_size": 4, "lr": 2e-3, "val_fraction": 0.5,
                             "val_every": STEPS, "checkpoint_every": STEPS, "augment": False, "progress": False}
@@ -69,14 +76,14 @@ def _reuse_crops(src: Path, dst: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_dataset(tmp_path_factory.mktemp("finetune"))
+    return synth_dataset(tmp_path_factory.mktemp("finetune"), seconds=1.5)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> tuple[Path, dict[str, Any]]:
     """An uninterrupted CADDM run: STEPS steps, no augmentation (it fits the crops it sees)."""
     out = tmp_path_factory.mktemp("caddm")
-    doc = finetune(load_config(None, eval_config(["caddm"])), load_dataset(dataset), _opts(out))
+    doc = finetune(_caddm_config(), load_dataset(dataset), _opts(out))
     return out, doc
 
 
@@ -124,7 +131,7 @@ def test_stopped_run_resumes_to_the_same_losses(tmp_path: Path, dataset: Path,
     src, uninterrupted = trained
     out = tmp_path / "resumed"
     _reuse_crops(src, out)
-    cfg = load_config(None, eval_config(["caddm"]))
+    cfg = _caddm_config()
     data = load_dataset(dataset)
     first = finetune(cfg, data, _opts(out, stop_at=STEPS // 2))
     assert first["stopped"] and first["steps"] == STEPS // 2
