@@ -332,7 +332,8 @@ def finetune(cfg: Config, dataset: Dataset, opts: FinetuneOptions) -> dict[str, 
             if step % opts.checkpoint_every == 0 or step == end:
                 save_checkpoint(opts.out, model, step, optimizer, scheduler, scaler, history, meta)
             recent = history.loss[-10:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", val_auc=f"{last_auc:.3f}", refresh=False)
+            shown = "-" if math.isnan(last_auc) else f"{last_auc:.3f}"  # "-": not validated yet (or no split)
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", val_auc=shown, refresh=False)
             bar.update(1)
     finally:
         bar.close()
