@@ -550,6 +550,74 @@ def eval_dataset(
     _exit_when_done(0)
 
 
+@app.command("finetune")
+def finetune_detector(
+    dataset: Path = typer.Argument(..., help="labelled videos, as eval reads them: a FaceForensics++ folder (e.g. "
+                                   "synth output), Celeb-DF v2, DFDC, a DeepfakeBench .json or a .csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for <model>.safetensors, config.yaml, "
+                             "finetune.json, checkpoint/ and the crop and face caches"),
+    detector: str = typer.Option("caddm", help="caddm or sta"),
+    steps: int = typer.Option(200, min=1, help="optimizer steps in all (a resumed run continues to this many)"),
+    batch_size: int = typer.Option(8, min=1, help="crops (CADDM) or clips (StA) per step"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: the authors': CADDM 3.6e-4 with their "
+                                       "step-downs, StA 2e-4)"),
+    val_fraction: float = typer.Option(0.2, help="share of identities held out for validation (0: none)"),
+    val_every: int = typer.Option(50, min=1, help="validate every this many steps (and at the end)"),
+    checkpoint_every: int = typer.Option(50, min=1, help="write OUT/checkpoint every this many steps"),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
+    stop_at: Optional[int] = typer.Option(None, help="checkpoint and stop at this step (continue with --resume)"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="the authors' training augmentations"),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="mixed precision on CUDA (fp32 on a CPU regardless)"),
+    layout: str = typer.Option("auto", help="auto, ffpp, celebdf, dfdc, deepfakebench or csv"),
+    compression: str = typer.Option("c23", help="FF++ / DeepfakeBench compression level: c23, c40 or raw"),
+    split: str = typer.Option("train", help="DeepfakeBench JSON: the split trained on"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with loss and validation AUC"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file (the detector's "
+                                          "model, overrides and start checkpoint; faces)"),
+    weights_dir: Optional[Path] = typer.Option(None),
+    random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="start from untrained weights"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fine-tune CADDM or StA on labelled videos; writes safetensors that eval and run load."""
+    _setup_logging(verbose)
+    if detector not in ("caddm", "sta"):
+        raise _fail(f"--detector {detector!r}: finetune trains caddm or sta")
+    cfg = _config(config, _overrides(None, weights_dir, random_weights, device, None, None, None, None, None, None))
+    from .evaluation.datasets import DatasetError, load_dataset
+
+    try:
+        data = load_dataset(dataset, layout, compression, None, split)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from None
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out}: exists and is not a folder")
+    from .training.loop import FinetuneError, FinetuneOptions, finetune  # torch: only once the dataset is valid
+
+    opts = FinetuneOptions(out=out, detector=detector, steps=steps, batch_size=batch_size, lr=lr,
+                           val_fraction=val_fraction, val_every=val_every, checkpoint_every=checkpoint_every,
+                           seed=seed, resume=resume, stop_at=stop_at, augment=augment, amp=amp, progress=progress)
+    try:
+        doc = finetune(cfg, data, opts)
+    except (WeightsError, DatasetError, FinetuneError) as exc:
+        raise _fail(str(exc)) from None
+    except (StreamMonitorError, OSError) as exc:
+        raise _fail(str(exc), code=1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: continue from the last checkpoint with --resume --out {out}", err=True)
+        _exit_when_done(130)
+    if doc.get("stopped"):
+        typer.echo(f"stopped at step {doc['steps']}; checkpoint in {out}/checkpoint (continue with --resume)")
+    else:
+        final = doc["final_val"]
+        auc = "n/a" if final is None else f"{final['auc']:.4f} on {final['n']} videos"
+        data_arg = f"{out}/val.csv" if doc["val"] else "DATASET"
+        typer.echo(f"wrote {doc['weights']} (step {doc['steps']}, validation video AUC {auc}); "
+                   f"measure it with: stream-monitor eval {data_arg} --config {out}/config.yaml --out EVAL_DIR")
+    _exit_when_done(0)
+
+
 @app.command("synth")
 def synth(
     real_videos: Path = typer.Argument(..., help="a folder of real face videos (searched recursively)"),

@@ -49,3 +49,14 @@ def eval_config(enabled: list[str] | None = None) -> dict[str, Any]:
 def write_eval_config(path: Path, enabled: list[str] | None = None) -> Path:
     path.write_text(yaml.safe_dump(eval_config(enabled)), encoding="utf-8")
     return path
+
+
+def synth_dataset(base: Path, reals: int = 2, seconds: float = 2.0) -> Path:
+    """``base/ds``: ``synth``'s FF++ layout made from ``reals`` generated face videos (each real
+    video and its three pseudo-fakes), with the small evaluation configuration's faces."""
+    from stream_monitor.config import load_config
+    from stream_monitor.synth.build import SynthOptions, synthesize
+
+    write_face_videos(base / "reals", reals, seconds)
+    synthesize(base / "reals", base / "ds", load_config(None, eval_config()), SynthOptions(), progress=False)
+    return base / "ds"
