@@ -653,7 +653,7 @@ def eval_dataset(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with ETA on stderr"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
-    weights_dir: Optional[Path] = typer.Option(None),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory [default: weights]"),
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing "
                                                   "checks)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),

@@ -125,4 +125,5 @@ async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuar
     return {"file_path": url, "fake_probability": None if fused is None else round(fused, 6),
             "label": None if fused is None else ("FAKE" if fused >= a.threshold else "REAL"),
             "detectors": detectors, "frames": frames, "faces": faces,
+            "windows": {name: len(probs) for name, probs in sorted(per_detector.items())},
             "calibrated": engine.calibrated, "models": engine.model_ids}
