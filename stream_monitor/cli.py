@@ -188,6 +188,8 @@ async def _run_monitor(cfg: Config, duration: Optional[float], until_streams_end
         raise
     if monitor.api_port is not None:
         log.info("API listening on http://%s:%d", cfg.api.host, monitor.api_port)
+    if duration is not None:
+        log.info("running; stopping after %gs", duration)
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if until_streams_end:
         waiters.append(asyncio.ensure_future(monitor.wait_streams()))
@@ -522,6 +524,7 @@ def bench(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here ('-': stdout)"),
     workdir: Optional[Path] = typer.Option(None, help="media and baseline files (default: a temporary dir)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr (a terminal)"),
     verbose: Verbose = False,
     log_level: LogLevel = None,
     log_format: LogFormat = "text",
@@ -553,7 +556,7 @@ def bench(
                         detectors=tuple(names) if names is not None else None,
                         preset=preset, device=device, precision=precision, baseline=baseline,
                         baseline_seconds=baseline_seconds, weights_dir=weights_dir, config=config,
-                        workdir=workdir)
+                        workdir=workdir, progress=progress)
     try:
         report = run_bench(opts)
     except (ConfigError, WeightsError) as exc:

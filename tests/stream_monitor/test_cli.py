@@ -365,3 +365,52 @@ def test_run_file_scores_every_window_and_prints_a_summary(tmp_path: Path) -> No
     assert f"{len(alerts)} alert events" in summary[0]
     starts = {a["track_id"] for a in alerts if a["event"] == "start"}
     assert len(starts) == 2, alerts  # both faces' incidents, each ended
+
+
+def test_run_rtsp_without_config_alerts_and_stops_on_duration(tmp_path: Path) -> None:
+    """Issue 15's "done when": no configuration on a machine without CUDA (the CPU profile), a
+    five-face 720p RTSP stream, random weights, threshold 0: alerts arrive, and the process
+    exits within 10 s of --duration passing."""
+    import threading
+
+    from stream_monitor.ingest.synthetic import SyntheticSpec, synthetic_frames
+    from tests.support.media import write_video
+    from tests.support.rtsp import RtspServer
+
+    # 5 fps (what the CPU profile analyses) and longer than the run: the stream does not restart
+    # (which would end every track) and the file costs little to encode.
+    duration = 40.0
+    spec = SyntheticSpec(fps=5, width=1280, height=720, faces=5, seconds=duration + 20)
+    video = write_video(tmp_path / "five.mp4", synthetic_frames(spec), fps=spec.fps)
+    server = RtspServer(tmp_path, files={"/five": video})
+    server.start()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "stream_monitor", "run", server.url("/five"), "--random-weights",
+                             "--threshold", "0", "--duration", f"{duration:g}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[tuple[float, str]] = []  # stderr, each line with when it arrived
+    out_lines: list[str] = []
+    readers = [threading.Thread(target=lambda: [lines.append((time.monotonic(), x)) for x in proc.stderr or []]),
+               threading.Thread(target=lambda: out_lines.extend(proc.stdout or []))]
+    for r in readers:
+        r.start()
+    try:
+        proc.wait(timeout=240)
+        ended = time.monotonic()
+        for r in readers:
+            r.join(timeout=10)
+    finally:
+        proc.kill()
+        server.stop()
+    out = "".join(out_lines)
+    err = "".join(line for _, line in lines)
+    assert proc.returncode == 0, err[-3000:]
+    assert "CPU profile" in err and "caddm_resnet34" in err, err[-3000:]
+    alerts = [json.loads(line) for line in out.splitlines()]
+    assert any(a["event"] == "start" for a in alerts), err[-3000:]
+    for a in alerts:
+        check_schema(a)
+    started = [t for t, line in lines if "stopping after" in line]
+    assert len(started) == 1, err[-3000:]
+    assert ended - started[0] <= duration + 10, (ended - started[0], err[-3000:])
+    assert any(line.startswith("summary: 1 stream(s)") for _, line in lines), err[-3000:]
