@@ -13,6 +13,7 @@ Missing files raise :class:`WeightsError` naming every file and where it comes f
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ def model_name(detector: str, cfg: DetectorsConfig) -> str:
     return cfg.detector(detector).model or DEFAULT_MODELS[detector]
 
 
+@functools.lru_cache(maxsize=None)
 def card_of(name: str) -> ModelCard:
-    """The model card of a registered model, without allocating its weights."""
+    """The model card of a registered model, without allocating its weights (cached: building
+    a full-size model on ``meta`` still takes a while, and cards do not change)."""
     card = models.create_model(name, device="meta").card
     assert isinstance(card, ModelCard)
     return card

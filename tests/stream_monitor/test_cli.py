@@ -171,6 +171,8 @@ def test_serve_with_streams_added_at_run_time(tmp_path: Path, face_video: Path) 
         proc.terminate()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
+    # The API was up before the models loaded (the random-weights warning comes from loading them).
+    assert err.index("API on http://") < err.index("RANDOM WEIGHTS"), err[-3000:]
 
 
 # --- issue 15: the CLI's edge, the CPU profile, finite runs -----------------------------------------------------
