@@ -45,10 +45,10 @@ def _fail(message: str, code: int = 2) -> "typer.Exit":
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="DEBUG logs from stream-monitor's own loggers "
                                        "(libraries stay at INFO)")]
 LogLevel = Annotated[Optional[str], typer.Option("--log-level", help=f"{', '.join(LEVELS)}: our loggers' level "
-                                                 "[default: info; -v: debug]")]
+                                                 "(default: info; -v: debug)")]
 LogFormat = Annotated[str, typer.Option("--log-format", help="text, or json (one JSON object per line)")]
 Host = Annotated[Optional[str], typer.Option("--host", help="address the API and /metrics listen on (api.host, "
-                                             "metrics.host) [default: 127.0.0.1; other addresses need api.token]")]
+                                             "metrics.host) (default: 127.0.0.1; other addresses need api.token)")]
 
 
 def _setup_logging(verbose: bool, level: Optional[str] = None, fmt: str = "text") -> None:
@@ -218,14 +218,14 @@ def run(
     redis: Optional[str] = typer.Option(None, help="redis://host:port/db for alerts (else JSON lines on stdout)"),
     alerts_jsonl: Optional[Path] = typer.Option(None, help="also append alerts to this file"),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
-                                              help="alert threshold on the fused probability [default: 0.7]"),
+                                              help="alert threshold on the fused probability (default: 0.7)"),
     metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="serve /metrics on this port"),
     api_port: Optional[int] = typer.Option(None, min=0, max=65535, help="serve the HTTP API on this port"),
     host: Host = None,
     realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime",
-                                            help="pace files at their frame rate [default: realtime]"),
-    duration: Optional[float] = typer.Option(None, help="stop after this many seconds [default: when the "
-                                             "sources end]"),
+                                            help="pace files at their frame rate (default: realtime)"),
+    duration: Optional[float] = typer.Option(None, help="stop after this many seconds (default: when the "
+                                             "sources end)"),
     verbose: Verbose = False,
     log_level: LogLevel = None,
     log_format: LogFormat = "text",
@@ -292,15 +292,15 @@ def _serve_until_done(cfg: Config, duration: Optional[float], until_streams_end:
 def serve(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
-    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory [default: weights]"),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default: weights)"),
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing checks)"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda [default: auto]"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: auto)"),
     redis: Optional[str] = typer.Option(None, help="redis://host:port/db for alerts (else JSON lines on stdout)"),
     alerts_jsonl: Optional[Path] = typer.Option(None, help="also append alerts to this file"),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
-                                              help="alert threshold on the fused probability [default: 0.7]"),
+                                              help="alert threshold on the fused probability (default: 0.7)"),
     metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="serve /metrics on this port"),
-    api_port: Optional[int] = typer.Option(None, min=0, max=65535, help="HTTP API port [default: 8080]"),
+    api_port: Optional[int] = typer.Option(None, min=0, max=65535, help="HTTP API port (default: 8080)"),
     host: Host = None,
     predict_root: Optional[list[Path]] = typer.Option(None, help="a directory POST /predict may read (repeatable)"),
     verbose: Verbose = False,
@@ -325,11 +325,11 @@ def predict(
     video: str = typer.Argument(..., help="a video file or URL"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
-    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory [default: weights]"),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default: weights)"),
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing checks)"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda [default: auto]"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: auto)"),
     threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
-                                              help="FAKE at or above this fused probability [default: 0.7]"),
+                                              help="FAKE at or above this fused probability (default: 0.7)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
     verbose: Verbose = False,
     log_level: LogLevel = None,
@@ -385,8 +385,8 @@ def alerts_tail(
     stream: Optional[str] = typer.Option(None, help="only this stream id"),
     prefix: str = typer.Option("deepfake", help="Redis key prefix"),
     history: int = typer.Option(0, min=0, help="first print the last N alerts from the durable log"),
-    count: Optional[int] = typer.Option(None, min=1, help="exit after this many live alerts [default: follow until "
-                                        "interrupted]"),
+    count: Optional[int] = typer.Option(None, min=1, help="exit after this many live alerts (default: follow until "
+                                        "interrupted)"),
 ) -> None:
     """Follow alerts live (Pub/Sub), optionally after the last N from the Stream."""
     import redis as redis_lib
@@ -404,7 +404,7 @@ def alerts_tail(
         raise _fail(f"cannot reach Redis at {redact(redis)}: {exc}", code=1) from None
 
 
-_WEIGHTS_DIR_HELP = "checkpoint directory [default: the config's detectors.weights_dir, else weights]"
+_WEIGHTS_DIR_HELP = "checkpoint directory (default: the config's detectors.weights_dir, else weights)"
 
 
 def _weights_config(config: Optional[Path], weights_dir: Optional[Path]) -> Config:
@@ -656,7 +656,7 @@ def eval_dataset(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with ETA on stderr"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
-    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory [default: weights]"),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default: weights)"),
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing "
                                                   "checks)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
