@@ -134,6 +134,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         if "weights only load failed" in str(exc).lower():
             raise CheckpointError(_unsafe_pickle_message(p, str(exc))) from exc
         raise CheckpointError(f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - torch's legacy reader fails on arbitrary bytes with KeyError, IndexError, ...
+        raise CheckpointError(f"{p}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p}: expected a dict (state dict or wrapper), found {type(obj).__name__}")
     return obj

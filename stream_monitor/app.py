@@ -1,7 +1,8 @@
 """The Monitor: the boot order as readable code, and the streams it runs.
 
-Start: metrics → models (engine.load, in a thread: may raise ``WeightsError``) → worker
-→ alert sinks → HTTP servers (API, metrics) → streams (with ``fleet.enabled``: the fleet,
+Start: metrics → HTTP servers (API, metrics: they answer while the models load, ``/readyz``
+503 ``starting``; changes get 503, :mod:`.api.starting`) → models (engine.load, in a thread:
+may raise ``WeightsError``) → worker → alert sinks → streams (with ``fleet.enabled``: the fleet,
 which adds the configured streams to Redis's desired set and claims streams from it).
 Stop, in reverse: the fleet stops claiming → streams (each finishes its in-flight frames,
 closes its tracks and emits their final windows and end events, then gives its lease back)
@@ -131,6 +132,7 @@ class Monitor:
         self.predict_guard: SourceGuard = predict_guard(cfg)
 
     async def start(self) -> None:
+        await self._start_http()  # first: a supervisor sees the process answer while models load
         await asyncio.to_thread(self.engine.load)
         await self.engine.start()
         a = self.cfg.alerts
@@ -139,7 +141,6 @@ class Monitor:
             end_after=a.end_after, cooldown_s=a.cooldown_s,
             models=self.engine.model_ids, worker=worker_name(self.cfg), calibration=self.engine.calibration))
         await self.sink.start()
-        await self._start_http()
         if self.fleet is not None:
             await self.fleet.start()  # adds cfg.streams to the fleet; some may land on other workers
         else:
@@ -159,7 +160,8 @@ class Monitor:
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
         """Serve ``app`` on ``host``:``port`` within the ``api`` connection limits (header and
-        keep-alive timeouts, connection count: :mod:`.api.server`); the bound port."""
+        keep-alive timeouts, connection count: :mod:`.api.server`); the bound port. Raises
+        ``StreamMonitorError`` naming the address when it cannot be bound (in use, not local)."""
         from .api.server import ConnectionLimits, GuardedSite
 
         api = self.cfg.api
@@ -168,9 +170,12 @@ class Monitor:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_HTTP_SHUTDOWN_S,
                                keepalive_timeout=api.keepalive_timeout_s)
         await runner.setup()
+        self._runners.append(runner)  # stop() cleans it up even if binding fails
         site = GuardedSite(runner, host, port, ConnectionLimits(api.header_timeout_s, api.max_connections))
-        await site.start()
-        self._runners.append(runner)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StreamMonitorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         return site.port
 
     def stream_count(self) -> int:

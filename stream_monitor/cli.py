@@ -1,8 +1,11 @@
 """``stream-monitor``: run, serve, predict, eval, synth, calibrate, alerts tail, weights, bench.
 
-Exit codes: 0 success; 1 a runtime failure; 2 bad usage, bad configuration or missing
-weights (the message names the files and where they come from). Logs go to stderr;
-alerts printed without Redis go to stdout as JSON lines.
+Exit codes: 0 success; 1 a runtime failure (a server unreachable, a port in use, a stream
+that cannot be read); 2 bad usage, bad configuration, bad input or missing weights. An
+expected failure prints one line, ``error: ...`` naming the flag, file, port or server, on
+stderr and never a traceback; arguments are checked before any model loads. Logs go to
+stderr (``--log-format json``: JSON lines); alerts printed without Redis go to stdout as
+JSON lines.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Annotated, Any, Optional, cast
 
 import typer
 
 from .config import DETECTOR_NAMES, Config, ConfigError, load_config
 from .errors import SourceError, StreamMonitorError, WeightsError
+from .logs import LEVELS, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Real-time deepfake monitor for live video.")
 alerts_app = typer.Typer(no_args_is_help=True, help="Follow alerts.")
@@ -37,9 +41,48 @@ def _fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# Options every long-running command takes (typer reads the Annotated metadata).
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="DEBUG logs from stream-monitor's own loggers "
+                                       "(libraries stay at INFO)")]
+LogLevel = Annotated[Optional[str], typer.Option("--log-level", help=f"{', '.join(LEVELS)}: our loggers' level "
+                                                 "(default: info; -v: debug)")]
+LogFormat = Annotated[str, typer.Option("--log-format", help="text, or json (one JSON object per line)")]
+Host = Annotated[Optional[str], typer.Option("--host", help="address the API and /metrics listen on (api.host, "
+                                             "metrics.host) (default: 127.0.0.1; other addresses need api.token)")]
+
+
+def _setup_logging(verbose: bool, level: Optional[str] = None, fmt: str = "text") -> None:
+    if fmt not in ("text", "json"):
+        raise _fail(f"--log-format takes text or json; got {fmt!r}")
+    if level is not None and level.lower() not in LEVELS:
+        raise _fail(f"--log-level takes {', '.join(LEVELS)}; got {level!r}")
+    setup_logging(level, verbose, cast(Any, fmt))
+
+
+def _positive(flag: str, value: Optional[float]) -> None:
+    """Refuse a zero or negative duration-like flag before anything loads."""
+    if value is not None and not value > 0:
+        raise _fail(f"{flag} must be a positive number of seconds; got {value:g}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from . import __version__
+
+        try:
+            text = version("stream-monitor")
+        except PackageNotFoundError:
+            text = __version__
+        typer.echo(f"stream-monitor {text}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                             help="print the version and exit")) -> None:
+    """Real-time deepfake monitor for live video."""
 
 
 def derive_stream_id(url: str, taken: set[str]) -> str:
@@ -60,7 +103,8 @@ def derive_stream_id(url: str, taken: set[str]) -> str:
 
 def _overrides(detectors: Optional[str], weights_dir: Optional[Path], random_weights: Optional[bool],
                device: Optional[str], redis: Optional[str], alerts_jsonl: Optional[Path], threshold: Optional[float],
-               metrics_port: Optional[int], api_port: Optional[int], realtime: Optional[bool]) -> dict[str, Any]:
+               metrics_port: Optional[int], api_port: Optional[int], realtime: Optional[bool],
+               host: Optional[str] = None) -> dict[str, Any]:
     o: dict[str, Any] = {}
 
     def put(path: str, value: Any) -> None:
@@ -87,17 +131,49 @@ def _overrides(detectors: Optional[str], weights_dir: Optional[Path], random_wei
     put("metrics.port", metrics_port)
     put("api.port", api_port)
     put("ingest.realtime", realtime)
+    put("api.host", host)
+    put("metrics.host", host)
     return o
 
 
-def _config(config: Optional[Path], overrides: dict[str, Any]) -> Config:
+def _config(config: Optional[Path], overrides: dict[str, Any], cpu_profile: bool = False) -> Config:
+    """Load and validate; ``cpu_profile``: put :data:`.profiles.CPU_PROFILE` under a configuration
+    that names no detectors when they would run on the CPU (``run``, ``serve``, ``predict``)."""
+    from .profiles import PROFILE_NOTE
+    from .profiles import cpu_profile as profile
+
+    if config is not None and not config.is_file():
+        raise _fail(f"--config {config}: no such file")
+    applied: list[bool] = []
+
+    def noted(data: dict[str, Any]) -> Optional[dict[str, Any]]:
+        found = profile(data)
+        applied.append(found is not None)
+        return found
+
     try:
-        return load_config(config, overrides)
+        cfg = load_config(config, overrides, profile=noted if cpu_profile else None)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    if any(applied):
+        logging.getLogger("stream_monitor.profiles").info(PROFILE_NOTE)
+    return cfg
 
 
-async def _run_monitor(cfg: Config, duration: Optional[float], until_streams_end: bool) -> int:
+def _summary(handles: list[Any]) -> str:
+    """The one-line account ``run`` prints on stderr when it stops."""
+    frames = sum(h.pipeline.stats.frames_analysed for h in handles)
+    faces = sum(h.pipeline.stats.faces for h in handles)
+    tracks = sum(h.pipeline.stats.tracks_seen for h in handles)
+    windows = sum(h.pipeline.stats.windows for h in handles)
+    alerts = sum(h.pipeline.stats.alerts for h in handles)
+    shed = sum(h.pipeline.stats.shed for h in handles)
+    return (f"summary: {len(handles)} stream(s), {frames} frames analysed, {faces} faces, {tracks} tracks, "
+            f"{windows} windows scored, {alerts} alert events, {shed} shed")
+
+
+async def _run_monitor(cfg: Config, duration: Optional[float], until_streams_end: bool,
+                       summary: bool = False) -> int:
     from .app import Monitor
 
     monitor = Monitor(cfg)
@@ -112,14 +188,19 @@ async def _run_monitor(cfg: Config, duration: Optional[float], until_streams_end
         raise
     if monitor.api_port is not None:
         log.info("API listening on http://%s:%d", cfg.api.host, monitor.api_port)
+    if duration is not None:
+        log.info("running; stopping after %gs", duration)
     waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
     if until_streams_end:
         waiters.append(asyncio.ensure_future(monitor.wait_streams()))
     await asyncio.wait(waiters, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
     for w in waiters:
         w.cancel()
+    handles = list(monitor.streams.values())  # stop() forgets them; their stats live on
     log.info("stopping")
     await monitor.stop()
+    if summary:
+        typer.echo(_summary(handles), err=True)
     return 0
 
 
@@ -136,32 +217,43 @@ def run(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
     redis: Optional[str] = typer.Option(None, help="redis://host:port/db for alerts (else JSON lines on stdout)"),
     alerts_jsonl: Optional[Path] = typer.Option(None, help="also append alerts to this file"),
-    threshold: Optional[float] = typer.Option(None, help="alert threshold on the fused probability"),
-    metrics_port: Optional[int] = typer.Option(None, help="serve /metrics on this port"),
-    api_port: Optional[int] = typer.Option(None, help="serve the HTTP API on this port"),
-    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="pace files at their frame rate"),
-    duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                              help="alert threshold on the fused probability (default: 0.7)"),
+    metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="serve /metrics on this port"),
+    api_port: Optional[int] = typer.Option(None, min=0, max=65535, help="serve the HTTP API on this port"),
+    host: Host = None,
+    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime",
+                                            help="pace files at their frame rate (default: realtime)"),
+    duration: Optional[float] = typer.Option(None, help="stop after this many seconds (default: when the "
+                                             "sources end)"),
+    verbose: Verbose = False,
+    log_level: LogLevel = None,
+    log_format: LogFormat = "text",
 ) -> None:
-    """Monitor SOURCES until they end or --duration passes."""
-    _setup_logging(verbose)
-    cfg = _config(config, _overrides(detectors, weights_dir, random_weights, device, redis, alerts_jsonl, threshold,
-                                     metrics_port, api_port, realtime))
+    """Monitor SOURCES until they end or --duration passes; a one-line summary goes to stderr.
+
+    Without CUDA and without named detectors the CPU profile applies (CADDM ResNet-34 at 5
+    analysed frames per second); --detectors or detectors.enabled override it."""
+    _setup_logging(verbose, log_level, log_format)
+    _positive("--duration", duration)
     from .ingest.base import check_url
 
-    taken = {s.id for s in cfg.streams}
-    streams = [s.model_dump() for s in cfg.streams]
-    for url in sources:
+    for url in sources:  # a missing file or a bad URL fails before anything loads
         try:
             check_url(url)
         except SourceError as exc:
             raise _fail(str(exc)) from None
+    cfg = _config(config, _overrides(detectors, weights_dir, random_weights, device, redis, alerts_jsonl, threshold,
+                                     metrics_port, api_port, realtime, host), cpu_profile=True)
+    taken = {s.id for s in cfg.streams}
+    streams = [s.model_dump() for s in cfg.streams]
+    for url in sources:
         sid = derive_stream_id(url, taken)
         taken.add(sid)
         streams.append({"id": sid, "url": url})
     cfg = _config(config, _merge_streams(cfg, streams))
     # A fleet worker's streams may run elsewhere: it serves until stopped, like `serve`.
-    raise typer.Exit(_main(cfg, duration, until_streams_end=not cfg.fleet.enabled))
+    raise typer.Exit(_main(cfg, duration, until_streams_end=not cfg.fleet.enabled, summary=True))
 
 
 def _merge_streams(cfg: Config, streams: list[dict[str, str]]) -> dict[str, Any]:
@@ -170,8 +262,8 @@ def _merge_streams(cfg: Config, streams: list[dict[str, str]]) -> dict[str, Any]
     return data
 
 
-def _main(cfg: Config, duration: Optional[float], until_streams_end: bool) -> int:
-    code = _serve_until_done(cfg, duration, until_streams_end)
+def _main(cfg: Config, duration: Optional[float], until_streams_end: bool, summary: bool = False) -> int:
+    code = _serve_until_done(cfg, duration, until_streams_end, summary)
     busy = [t.name for t in threading.enumerate() if t.name.startswith("inference") and t.is_alive()]
     if busy:
         # A worker is still inside a long torch call (a full-size window on a CPU). Everything
@@ -183,9 +275,9 @@ def _main(cfg: Config, duration: Optional[float], until_streams_end: bool) -> in
     return code
 
 
-def _serve_until_done(cfg: Config, duration: Optional[float], until_streams_end: bool) -> int:
+def _serve_until_done(cfg: Config, duration: Optional[float], until_streams_end: bool, summary: bool) -> int:
     try:
-        return asyncio.run(_run_monitor(cfg, duration, until_streams_end))
+        return asyncio.run(_run_monitor(cfg, duration, until_streams_end, summary))
     except WeightsError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -200,24 +292,29 @@ def _serve_until_done(cfg: Config, duration: Optional[float], until_streams_end:
 def serve(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
-    weights_dir: Optional[Path] = typer.Option(None),
-    random_weights: Optional[bool] = typer.Option(None, "--random-weights"),
-    device: Optional[str] = typer.Option(None),
-    redis: Optional[str] = typer.Option(None),
-    alerts_jsonl: Optional[Path] = typer.Option(None),
-    threshold: Optional[float] = typer.Option(None),
-    metrics_port: Optional[int] = typer.Option(None),
-    api_port: Optional[int] = typer.Option(None, help="HTTP API port (default 8080)"),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default: weights)"),
+    random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing checks)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: auto)"),
+    redis: Optional[str] = typer.Option(None, help="redis://host:port/db for alerts (else JSON lines on stdout)"),
+    alerts_jsonl: Optional[Path] = typer.Option(None, help="also append alerts to this file"),
+    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                              help="alert threshold on the fused probability (default: 0.7)"),
+    metrics_port: Optional[int] = typer.Option(None, min=0, max=65535, help="serve /metrics on this port"),
+    api_port: Optional[int] = typer.Option(None, min=0, max=65535, help="HTTP API port (default: 8080)"),
+    host: Host = None,
     predict_root: Optional[list[Path]] = typer.Option(None, help="a directory POST /predict may read (repeatable)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: Verbose = False,
+    log_level: LogLevel = None,
+    log_format: LogFormat = "text",
 ) -> None:
-    """The long-running service: HTTP API, metrics, streams from the config and added at run time."""
-    _setup_logging(verbose)
+    """The long-running service: HTTP API, metrics, streams from the config and added at run time.
+    The API answers while the models load (/readyz: 503 until they are ready)."""
+    _setup_logging(verbose, log_level, log_format)
     overrides = _overrides(detectors, weights_dir, random_weights, device, redis, alerts_jsonl, threshold,
-                           metrics_port, api_port, None)
+                           metrics_port, api_port, None, host)
     if predict_root:
         overrides.setdefault("api", {})["predict_roots"] = [str(p) for p in predict_root]
-    cfg = _config(config, overrides)
+    cfg = _config(config, overrides, cpu_profile=True)
     if cfg.api.port is None:
         cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": 8080})})
     raise typer.Exit(_main(cfg, None, until_streams_end=False))
@@ -226,18 +323,28 @@ def serve(
 @app.command()
 def predict(
     video: str = typer.Argument(..., help="a video file or URL"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
-    weights_dir: Optional[Path] = typer.Option(None),
-    random_weights: Optional[bool] = typer.Option(None, "--random-weights"),
-    device: Optional[str] = typer.Option(None),
-    threshold: Optional[float] = typer.Option(None),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default: weights)"),
+    random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing checks)"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: auto)"),
+    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                              help="FAKE at or above this fused probability (default: 0.7)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
+    verbose: Verbose = False,
+    log_level: LogLevel = None,
+    log_format: LogFormat = "text",
 ) -> None:
     """Score one video offline and print JSON."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_level, log_format)
+    from .ingest.base import check_url
+
+    try:
+        check_url(video)  # a missing file or a bad URL fails here, before any model loads
+    except SourceError as exc:
+        raise _fail(str(exc)) from None
     cfg = _config(config, _overrides(detectors, weights_dir, random_weights, device, None, None, threshold,
-                                     None, None, False))
+                                     None, None, False), cpu_profile=True)
 
     async def go() -> dict[str, Any]:
         from .inference.engine import Engine
@@ -248,7 +355,8 @@ def predict(
         await asyncio.to_thread(engine.load)
         await engine.start()
         try:
-            return await predict_video(engine, cfg, video)
+            with _progress_bar(progress, "predict", "frame") as bar:
+                return await predict_video(engine, cfg, video, on_frame=bar.update)
         finally:
             await engine.stop()
 
@@ -261,19 +369,33 @@ def predict(
     typer.echo(json.dumps(result))
 
 
+def _progress_bar(enabled: bool, desc: str, unit: str, total: Optional[int] = None) -> Any:
+    """A tqdm bar on stderr (a context manager with ``update(n=1)``); disabled: does nothing."""
+    from tqdm import tqdm
+
+    # Only on a terminal: a log file or a test's pipe would get carriage-return debris.
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled or not sys.stderr.isatty(),
+                mininterval=0.5,
+                dynamic_ncols=True, leave=False)
+
+
 @alerts_app.command("tail")
 def alerts_tail(
     redis: str = typer.Option(..., help="redis://host:port/db"),
     stream: Optional[str] = typer.Option(None, help="only this stream id"),
     prefix: str = typer.Option("deepfake", help="Redis key prefix"),
-    history: int = typer.Option(0, help="first print the last N alerts from the durable log"),
-    count: Optional[int] = typer.Option(None, help="exit after this many live alerts"),
+    history: int = typer.Option(0, min=0, help="first print the last N alerts from the durable log"),
+    count: Optional[int] = typer.Option(None, min=1, help="exit after this many live alerts (default: follow until "
+                                        "interrupted)"),
     reject_stale: bool = typer.Option(True, "--reject-stale/--accept-stale",
                                       help="skip events whose lease_epoch is below the highest seen for their "
                                            "stream (a worker that lost the stream to a later owner)"),
 ) -> None:
     """Follow alerts live (Pub/Sub), optionally after the last N from the Stream."""
+    import redis as redis_lib
+
     from .alerts.tail import tail
+    from .ingest.urls import redact
 
     def skipped(line: str) -> None:
         typer.echo(f"skipped an event of a stale owner: {line}", err=True)
@@ -283,28 +405,50 @@ def alerts_tail(
                          reject_stale=reject_stale, rejected=skipped))
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
-        raise _fail(f"cannot reach Redis: {exc}", code=1) from None
+    except ValueError as exc:  # redis-py's URL parser
+        raise _fail(f"--redis {redact(redis)}: {exc}") from None
+    except (OSError, redis_lib.RedisError) as exc:
+        raise _fail(f"cannot reach Redis at {redact(redis)}: {exc}", code=1) from None
+
+
+_WEIGHTS_DIR_HELP = "checkpoint directory (default: the config's detectors.weights_dir, else weights)"
+
+
+def _weights_config(config: Optional[Path], weights_dir: Optional[Path]) -> Config:
+    return _config(config, {"detectors": {"weights_dir": str(weights_dir)}} if weights_dir is not None else {})
 
 
 @weights_app.command("list")
-def weights_list(weights_dir: Path = typer.Option(Path("weights"))) -> None:
-    """Each detector's expected files, whether they are present, and their source."""
+def weights_list(weights_dir: Optional[Path] = typer.Option(None, help=_WEIGHTS_DIR_HELP),
+                 config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file: "
+                                                       "its weights_dir and its detectors' models")) -> None:
+    """Every registered variant's expected files, whether they are present, and their source
+    (the models the configuration uses are marked)."""
     from .weights import describe
 
-    for line in describe(weights_dir):
+    cfg = _weights_config(config, weights_dir)
+    for line in describe(cfg.detectors.weights_dir, cfg.detectors):
         typer.echo(line)
 
 
 @weights_app.command("verify")
-def weights_verify(weights_dir: Path = typer.Option(Path("weights")),
-                   detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP)) -> None:
-    """Read every present checkpoint safely and check it loads strictly; print sha256."""
+def weights_verify(weights_dir: Optional[Path] = typer.Option(None, help=_WEIGHTS_DIR_HELP),
+                   detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
+                   config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file: "
+                                                         "its weights_dir, checkpoints and models")) -> None:
+    """Check every variant with files present (and each of the configuration's detectors, present
+    or not): read safely, load strictly, print sha256. Exit 2 if any fails."""
     from .weights import verify
 
-    names: list[str] = [d.strip() for d in detectors.split(",")] if detectors else list(DETECTOR_NAMES)
+    if detectors is not None:
+        names = [d.strip() for d in detectors.split(",") if d.strip()]
+        if not names or any(d not in DETECTOR_NAMES for d in names):
+            raise _fail(f"--detectors takes a comma list of {', '.join(DETECTOR_NAMES)}; got {detectors!r}")
+    else:
+        names = list(DETECTOR_NAMES)
+    cfg = _weights_config(config, weights_dir)
     ok = True
-    for line, good in verify(weights_dir, names):
+    for line, good in verify(cfg.detectors.weights_dir, names, cfg.detectors):
         ok &= good
         typer.echo(line)
     raise typer.Exit(0 if ok else 2)
@@ -313,14 +457,19 @@ def weights_verify(weights_dir: Path = typer.Option(Path("weights")),
 @weights_app.command("import")
 def weights_import(file: Path = typer.Argument(..., help="an authors' checkpoint or a safetensors file"),
                    detector: str = typer.Option(..., help="caddm, sta, styleflow_psp_encoder, ... or a model name"),
-                   weights_dir: Path = typer.Option(Path("weights"))) -> None:
-    """Check FILE safely, convert it to safetensors under canonical keys into the weights dir."""
+                   weights_dir: Path = typer.Option(Path("weights"), help="where the converted file goes"),
+                   progress: bool = typer.Option(True, "--progress/--no-progress", help="progress on stderr")) -> None:
+    """Check FILE safely, convert it to safetensors under canonical keys into the weights dir
+    (written mode 0644: readable by the container's user)."""
     from .weights import import_checkpoint
 
     try:
-        dst, digest = import_checkpoint(file, detector, weights_dir)
+        with _progress_bar(progress, f"import {file.name}", "step", total=2) as bar:
+            dst, digest = import_checkpoint(file, detector, weights_dir, on_step=bar.update)
     except (WeightsError, StreamMonitorError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write under {weights_dir}: {exc.strerror or exc}", code=1) from None
     typer.echo(f"imported {file} -> {dst} (sha256 {digest})")
 
 
@@ -332,7 +481,7 @@ def weights_fetch(
     accept_licence: bool = typer.Option(False, "--accept-licence",
                                         help="accept a non-commercial licence (StA, pSp); required for those files"),
     offline: bool = typer.Option(False, "--offline", help="never download: only check the files already present"),
-    weights_dir: Path = typer.Option(Path("weights")),
+    weights_dir: Path = typer.Option(Path("weights"), help="where the files go"),
     base_url: Optional[str] = typer.Option(None, envvar="STREAM_MONITOR_WEIGHTS_BASE_URL", hidden=True),
 ) -> None:
     """Download the authors' public checkpoints from Google Drive (resumable), check them like
@@ -369,7 +518,7 @@ def bench(
     pace: str = typer.Option("realtime", help="realtime (live sources, drops under load) or unpaced (as fast as "
                              "the monitor takes frames: its capacity, comparable with the baseline's loops)"),
     duration: float = typer.Option(20.0, help="seconds measured"),
-    warmup: float = typer.Option(5.0, help="seconds run before the measurement starts"),
+    warmup: float = typer.Option(5.0, min=0.0, help="seconds run before the measurement starts"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
     preset: str = typer.Option("full", help="detector sizes: full (the authors') or small (plumbing checks)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: the config's, auto)"),
@@ -382,10 +531,16 @@ def bench(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here ('-': stdout)"),
     workdir: Optional[Path] = typer.Option(None, help="media and baseline files (default: a temporary dir)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr (a terminal)"),
+    verbose: Verbose = False,
+    log_level: LogLevel = None,
+    log_format: LogFormat = "text",
 ) -> None:
     """Throughput of N streams through the monitor vs the authors' inference loops."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_level, log_format)
+    _positive("--duration", duration)
+    _positive("--fps", fps)
+    _positive("--baseline-seconds", baseline_seconds)
     from .bench import BenchOptions, run_bench
     from .bench.presets import PRESETS
     from .bench.report import render_table
@@ -408,7 +563,7 @@ def bench(
                         detectors=tuple(names) if names is not None else None,
                         preset=preset, device=device, precision=precision, baseline=baseline,
                         baseline_seconds=baseline_seconds, weights_dir=weights_dir, config=config,
-                        workdir=workdir)
+                        workdir=workdir, progress=progress)
     try:
         report = run_bench(opts)
     except (ConfigError, WeightsError) as exc:
@@ -508,17 +663,20 @@ def eval_dataset(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with ETA on stderr"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file"),
     detectors: Optional[str] = typer.Option(None, help=_DETECTORS_HELP),
-    weights_dir: Optional[Path] = typer.Option(None),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory (default: weights)"),
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="untrained detectors (plumbing "
                                                   "checks)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
-    threshold: Optional[float] = typer.Option(None, help="decision threshold (default: alerts.threshold)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    threshold: Optional[float] = typer.Option(None, min=0.0, max=1.0,
+                                              help="decision threshold (default: alerts.threshold)"),
+    verbose: Verbose = False,
+    log_level: LogLevel = None,
+    log_format: LogFormat = "text",
 ) -> None:
     """Measure detection on a labelled dataset through the live path (lossless, cached, resumable)."""
     import sqlite3
 
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_level, log_format)
     cfg = _config(config, _overrides(detectors, weights_dir, random_weights, device, None, None, threshold,
                                      None, None, False))
     from .evaluation.datasets import DatasetError, load_dataset
@@ -564,7 +722,7 @@ def finetune_detector(
     val_fraction: float = typer.Option(0.2, help="share of identities held out for validation (0: none)"),
     val_every: int = typer.Option(50, min=1, help="validate every this many steps (and at the end)"),
     checkpoint_every: int = typer.Option(50, min=1, help="write OUT/checkpoint every this many steps"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seed of the batches, dropout and augmentations (a resumed run repeats them)"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
     stop_at: Optional[int] = typer.Option(None, help="checkpoint and stop at this step (continue with --resume)"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="the authors' training augmentations"),
@@ -575,13 +733,16 @@ def finetune_detector(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with loss and validation AUC"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file (the detector's "
                                           "model, overrides and start checkpoint; faces)"),
-    weights_dir: Optional[Path] = typer.Option(None),
+    weights_dir: Optional[Path] = typer.Option(None, help="checkpoint directory of the start weights "
+                                               "(default: weights)"),
     random_weights: Optional[bool] = typer.Option(None, "--random-weights", help="start from untrained weights"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: Verbose = False,
+    log_level: LogLevel = None,
+    log_format: LogFormat = "text",
 ) -> None:
     """Fine-tune CADDM or StA on labelled videos; writes safetensors that eval and run load."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_level, log_format)
     if detector not in ("caddm", "sta"):
         raise _fail(f"--detector {detector!r}: finetune trains caddm or sta")
     cfg = _config(config, _overrides(None, weights_dir, random_weights, device, None, None, None, None, None, None))
@@ -627,13 +788,15 @@ def synth(
     seed: int = typer.Option(0, help="random seed (same inputs and seed: same videos)"),
     compression: str = typer.Option("c23", help="raw (lossless), c23 or c40: the H.264 CRF of every output"),
     max_seconds: Optional[float] = typer.Option(None, help="use at most this many seconds of each video"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on stderr"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML configuration file (faces.*)"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (face detection)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: Verbose = False,
+    log_level: LogLevel = None,
+    log_format: LogFormat = "text",
 ) -> None:
     """Make labelled pseudo-fake videos from real ones (a test and adaptation aid, not real deepfakes)."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_level, log_format)
     cfg = _config(config, _overrides(None, None, None, device, None, None, None, None, None, None))
     from .synth.build import SynthError, SynthOptions, check_inputs, synthesize
 
@@ -655,7 +818,24 @@ def synth(
 
 
 def main() -> None:
-    app()
+    """The console entry point: click's usage errors (a bad value, a missing option) become one
+    ``error:`` line and exit 2, like every other expected failure."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError:
+        code = 2  # typer has printed the help
+    except ClickException as exc:
+        ctx = getattr(exc, "ctx", None)  # usage errors know their command
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {message}{where}", err=True)
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import unicodedata
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -516,14 +516,17 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,
-                environ: dict[str, str] | None = None) -> Config:
+                environ: dict[str, str] | None = None,
+                profile: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> Config:
     """Read YAML (optional), apply nested ``overrides`` (CLI flags), then secrets from env.
+    ``profile`` sees the file merged with the overrides and may return settings to put
+    underneath them (:func:`stream_monitor.profiles.cpu_profile`).
 
     Raises :class:`ConfigError` naming the file and the offending field.
     """
     env = os.environ if environ is None else environ
     data: dict[str, Any] = {}
-    source = "defaults"
+    source = "defaults" if not overrides else "options"
     if path is not None:
         source = str(path)
         try:
@@ -536,6 +539,9 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded or {}
     data = _merge(data, overrides or {})
+    base = profile(data) if profile is not None else None
+    if base:
+        data = _merge(base, data)
     secrets: dict[str, Any] = {}
     if env.get("STREAM_MONITOR_REDIS_URL"):
         secrets["redis"] = {"url": env["STREAM_MONITOR_REDIS_URL"]}

@@ -58,12 +58,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StreamStats:
-    """Live figures for ``GET /streams/{id}``."""
+    """Live figures for ``GET /streams/{id}`` and ``run``'s summary. ``tracks``: active now;
+    ``tracks_seen``: distinct tracks so far; ``faces``: face detections summed over frames;
+    ``shed``: frames and windows dropped under load (a live source only)."""
 
     frames_analysed: int = 0
     tracks: int = 0
     windows: int = 0
     alerts: int = 0
+    faces: int = 0
+    tracks_seen: int = 0
+    shed: int = 0
     last_scores: dict[str, float] = field(default_factory=dict)
     # Frames and windows of this stream whose inference raised (not those shed under load), and
     # the latest such error: a failing detector otherwise shows only as missing scores.
@@ -97,6 +102,7 @@ class StreamPipeline:
         # for its windows instead of letting the lanes shed them: nothing of it is lost.
         self.lossless = False
         self._ended: set[int] = set()
+        self._seen_tracks: set[int] = set()
         self.stats = StreamStats()
         self._inflight: deque[tuple[Frame, asyncio.Future[FrameAnalysis]]] = deque()
         # What the operator page shows: the newest analysed frame and its faces' scores.
@@ -180,6 +186,7 @@ class StreamPipeline:
                 continue
             exc = fut.exception()
             if isinstance(exc, Shed):
+                self.stats.shed += 1
                 continue
             if exc is not None:
                 log.error("%s: frame analysis failed: %r", self.stream_id, exc)
@@ -218,6 +225,11 @@ class StreamPipeline:
             m.frames_analysed.labels(sid).inc()
             m.faces_detected.labels(sid).inc(len(analysis.faces))
             self.stats.frames_analysed += 1
+            self.stats.faces += len(analysis.faces)
+            for face in analysis.faces:
+                if face.track_id not in self._seen_tracks:
+                    self._seen_tracks.add(face.track_id)
+                    self.stats.tracks_seen += 1
         m.tracks_active.labels(sid).set(analysis.tracks_active)
         for (detector, reason), runs in analysis.discarded.items():
             m.windows_discarded.labels(detector, reason).inc(runs)
@@ -237,7 +249,10 @@ class StreamPipeline:
     def _on_score(self, clip: Clip, fut: "asyncio.Future[float]", frame: Frame | None = None) -> None:
         self._pending_scores.get(clip.track_id, set()).discard(fut)
         self._unscored.discard(fut)
-        if self._aborted or fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
+        if not fut.cancelled() and isinstance(fut.exception(), Shed):
+            self.stats.shed += 1
+            return
+        if self._aborted or fut.cancelled() or clip.track_id in self._ended:
             return
         exc = fut.exception()
         if exc is not None:
@@ -264,7 +279,9 @@ class StreamPipeline:
 
     async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
         if pending:
-            await asyncio.wait(pending, timeout=self.end_wait_s)
+            # A source that is not live is scored in full: its track ends once every window is
+            # (a CPU may take far longer than end_wait_s per window). Stop bounds this wait.
+            await asyncio.wait(pending, timeout=None if self.lossless else self.end_wait_s)
         self._ended.add(track_id)
         self._scores.pop(track_id, None)
         self._emit(self.policy.on_track_end(self.stream_id, track_id), self._last_window.pop(track_id, None))

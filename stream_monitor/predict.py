@@ -15,7 +15,7 @@ import concurrent.futures
 import threading
 import uuid
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 from .alerts.policy import fuse
 from .config import Config
@@ -69,9 +69,11 @@ async def _frames(stream_id: str, url: str, cfg: Config, queue: "asyncio.Queue[A
     await queue.put(_END)
 
 
-async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuard | None = None) -> dict[str, Any]:
+async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuard | None = None,
+                        on_frame: Callable[[], object] | None = None) -> dict[str, Any]:
     """Score one video; raises ``SourceError`` if it cannot be read. ``guard``: the URL came
-    from the network (``POST /predict``): everything is opened through it."""
+    from the network (``POST /predict``): everything is opened through it. ``on_frame``:
+    called once per decoded frame (a progress bar)."""
     stream_id = f"predict-{uuid.uuid4().hex[:8]}"
     await engine.open_stream(stream_id)
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
@@ -84,6 +86,8 @@ async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuar
             frame: Frame = item
             request = engine.admit(frame)
             frames += 1
+            if on_frame is not None:
+                on_frame()
             if request is None:
                 continue  # no detector samples this frame: not face-detected
             # Offline: nothing may be shed (the lanes shed only live streams' work).
@@ -121,4 +125,5 @@ async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuar
     return {"file_path": url, "fake_probability": None if fused is None else round(fused, 6),
             "label": None if fused is None else ("FAKE" if fused >= a.threshold else "REAL"),
             "detectors": detectors, "frames": frames, "faces": faces,
+            "windows": {name: len(probs) for name, probs in sorted(per_detector.items())},
             "calibrated": engine.calibrated, "models": engine.model_ids}

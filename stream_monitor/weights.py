@@ -13,15 +13,17 @@ Missing files raise :class:`WeightsError` naming every file and where it comes f
 
 from __future__ import annotations
 
+import functools
 import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import models
 from models.card import ModelCard
 
-from .config import DEFAULT_MODELS, DETECTOR_NAMES, DetectorsConfig
+from .config import DEFAULT_MODELS, DETECTOR_NAMES, DetectorConfig, DetectorsConfig
 from .errors import WeightsError
 from .weights_manifest import Manifest, check_recorded
 from .weights_sources import lookup
@@ -41,8 +43,10 @@ def model_name(detector: str, cfg: DetectorsConfig) -> str:
     return cfg.detector(detector).model or DEFAULT_MODELS[detector]
 
 
+@functools.lru_cache(maxsize=None)
 def card_of(name: str) -> ModelCard:
-    """The model card of a registered model, without allocating its weights."""
+    """The model card of a registered model, without allocating its weights (cached: building
+    a full-size model on ``meta`` still takes a while, and cards do not change)."""
     card = models.create_model(name, device="meta").card
     assert isinstance(card, ModelCard)
     return card
@@ -117,14 +121,36 @@ def resolve_all(cfg: DetectorsConfig) -> dict[str, ResolvedWeights]:
     return out
 
 
-def describe(weights_dir: Path) -> list[str]:
-    """Human-readable lines: each detector's files, present or not, and where they come from."""
+def variants(detector: str) -> list[str]:
+    """The registered models a detector can run (``detectors.<d>.model``), in registry order:
+    the models of its family that are not one part of a composite (StyleFlow's pSp encoder)."""
+    out = []
+    for name in models.list_models():
+        card = card_of(name)
+        if card.family == detector and (len(card.checkpoints) > 1 or card.checkpoints[0].part == "model"):
+            out.append(name)
+    return out
+
+
+def _present(root: Path, name: str) -> bool:
+    """Whether any file of model ``name`` (converted or the authors') is in ``root``."""
+    if (root / f"{name}.safetensors").is_file():
+        return True
+    card = card_of(name)
+    return any(_part_file(root, card, spec.part, spec.filename) is not None for spec in card.checkpoints)
+
+
+def describe(weights_dir: Path, cfg: DetectorsConfig | None = None) -> list[str]:
+    """Human-readable lines: every registered variant of each detector, its files, present or
+    not, and where they come from; ``[configured]`` marks the model ``cfg`` runs."""
+    cfg = cfg or DetectorsConfig()
     lines = []
-    for detector in DETECTOR_NAMES:
-        name = DEFAULT_MODELS[detector]
+    for detector, name in ((d, v) for d in DETECTOR_NAMES for v in variants(d)):
         card = card_of(name)
         converted = weights_dir / f"{name}.safetensors"
-        lines.append(f"{detector} ({name}){'  [converted: ' + str(converted) + ']' if converted.is_file() else ''}")
+        mark = "  [configured]" if model_name(detector, cfg) == name else ""
+        lines.append(f"{detector} ({name}){mark}"
+                     f"{'  [converted: ' + str(converted) + ']' if converted.is_file() else ''}")
         for spec in card.checkpoints:
             path = _part_file(weights_dir, card, spec.part, spec.filename)
             state = f"present: {path}" if path else "missing"
@@ -160,45 +186,71 @@ def check_file(file: Path, candidates: Sequence[str]) -> str:
     raise WeightsError(f"{file} does not fit {' or '.join(candidates)}: " + " | ".join(reports))
 
 
-def verify(weights_dir: Path, detectors: list[str]) -> list[tuple[str, bool]]:
-    """For each detector: resolve its files, hash them, and load them strictly on ``meta``.
-    A file recorded in the fetch manifest must still have its recorded sha256."""
+def verify(weights_dir: Path, detectors: list[str], base: DetectorsConfig | None = None) -> list[tuple[str, bool]]:
+    """For each detector: resolve the files of the model ``base`` configures (present or not),
+    hash them, and load them strictly on ``meta``; then the same for every other registered
+    variant of it with a file in ``weights_dir`` (lines ``detector/model: ...``). A file
+    recorded in the fetch manifest must still have its recorded sha256."""
     out = []
-    cfg = DetectorsConfig(weights_dir=weights_dir, enabled=detectors)  # type: ignore[arg-type]
+    base = base or DetectorsConfig()
+    cfg = base.model_copy(update={"weights_dir": weights_dir, "enabled": detectors})
     try:
         manifest: Manifest | None = Manifest.load(weights_dir)
     except WeightsError as exc:
         out.append((f"manifest: FAILED: {exc}", False))
         manifest = None
+    checks = [(detector, detector, cfg) for detector in detectors]
     for detector in detectors:
+        for other in variants(detector):
+            if other != model_name(detector, cfg) and _present(weights_dir, other):
+                plain = base.model_copy(update={
+                    "weights_dir": weights_dir, detector: DetectorConfig(model=other)})
+                checks.append((f"{detector}/{other}", detector, plain))
+    for label, detector, cfg in checks:
         try:
             found = resolve(detector, cfg)
             models.create_model(found.model, checkpoint=found.checkpoint, device="meta")
         except (WeightsError, models.CheckpointError) as exc:
-            out.append((f"{detector}: FAILED: {exc}", False))
+            out.append((f"{label}: FAILED: {exc}", False))
             continue
         digests = {f: models.sha256_file(f) for f in found.files}
         changed = [m for f, d in digests.items() if manifest and (m := check_recorded(Path(f), manifest, d))]
         if changed:
-            out.append((f"{detector}: FAILED: {'; '.join(changed)}", False))
+            out.append((f"{label}: FAILED: {'; '.join(changed)}", False))
             continue
         hashes = ", ".join(f"{Path(f).name} sha256 {d}" for f, d in digests.items())
-        out.append((f"{detector}: ok ({found.model}): {hashes}", True))
+        out.append((f"{label}: ok ({found.model}): {hashes}", True))
     return out
 
 
-def import_checkpoint(file: Path, target: str, weights_dir: Path) -> tuple[Path, str]:
+def import_checkpoint(file: Path, target: str, weights_dir: Path,
+                      on_step: Callable[[], object] | None = None) -> tuple[Path, str]:
     """Convert ``file`` (authors' layout or safetensors) for ``target`` — a detector
     (``caddm``/``sta``/``styleflow``) or a registered model name such as
-    ``styleflow_stylegru`` — into ``<weights_dir>/<model>.safetensors``; returns it and its sha256."""
+    ``styleflow_stylegru`` — into ``<weights_dir>/<model>.safetensors``; returns it and its sha256.
+    The file appears whole (written beside it, then renamed) with mode 0644 whatever the umask,
+    so a container's unprivileged user can read what root imported. ``on_step``: called after
+    the check-and-convert and after the write (a progress bar of 2 steps). Raises
+    :class:`WeightsError` for a file that is not a fitting checkpoint, ``OSError`` when the
+    directory cannot be written."""
     name = DEFAULT_MODELS.get(target, target)
     if not models.is_model(name):
         raise WeightsError(f"unknown detector or model {target!r}; known: {', '.join(models.list_models())}")
     if not file.is_file():
         raise WeightsError(f"{file}: no such file")
     dst = weights_dir / f"{name}.safetensors"
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    tmp = weights_dir / f".{name}.safetensors.part"
     try:
-        digest = models.convert_checkpoint(name, file, dst)
+        digest = models.convert_checkpoint(name, file, tmp)
+        if on_step is not None:
+            on_step()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
     except models.CheckpointError as exc:
         raise WeightsError(str(exc)) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    if on_step is not None:
+        on_step()
     return dst, digest

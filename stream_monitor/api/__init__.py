@@ -23,6 +23,7 @@ from .history import add_history_routes
 from .hosts import host_middleware
 from .openapi import add_openapi_route
 from .predict import add_predict_routes
+from .starting import starting_guard
 from .streams import add_stream_routes
 from .ui import add_ui_routes
 from .whip import add_whip_routes
@@ -36,7 +37,8 @@ MONITOR = web.AppKey("monitor", object)
 def build_api(monitor: "Monitor") -> web.Application:
     cfg = monitor.cfg.api
     hosts = HostAllowList.for_listener(cfg.allowed_hosts, cfg.host)
-    middlewares: list[Any] = [json_errors, host_middleware(hosts), auth_middleware(cfg.token)]
+    middlewares: list[Any] = [json_errors, host_middleware(hosts), auth_middleware(cfg.token),
+                              starting_guard(monitor, cfg.retry_after_s)]
     app = web.Application(middlewares=middlewares, client_max_size=cfg.max_body_bytes)
     app[MONITOR] = monitor
     add_health_routes(app)

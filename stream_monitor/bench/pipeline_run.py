@@ -288,8 +288,28 @@ async def _sample_gpu(device: torch.device, out: list[float], period_s: float = 
         await asyncio.sleep(period_s)
 
 
+def _seconds_bar(total_s: float, enabled: bool) -> Any:
+    """A tqdm bar of seconds on stderr; only on a terminal (a pipe would get carriage returns)."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=round(total_s, 1), unit="s", desc="bench", file=sys.stderr, leave=False,
+                disable=not enabled or not sys.stderr.isatty(), bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s")
+
+
+async def _sleep(seconds: float, bar: Any) -> None:
+    """Sleep ``seconds``, advancing ``bar`` about once a second."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        step = min(1.0, left)
+        await asyncio.sleep(step)
+        bar.update(step)
+
+
 async def run_pipeline(cfg: Config, urls: list[str], source_fps: float, faces: int, warmup_s: float,
-                       duration_s: float, stop_grace_s: float = 2.0, paced: bool = True) -> PipelineMeasurement:
+                       duration_s: float, stop_grace_s: float = 2.0, paced: bool = True,
+                       progress: bool = False) -> PipelineMeasurement:
     """Start a Monitor on ``cfg``, add one stream per URL, measure ``duration_s`` after
     ``warmup_s``, stop. ``paced``: whether ``cfg``'s sources are live (``ingest.realtime``).
     Raises what ``Monitor.start`` raises (e.g. ``WeightsError``)."""
@@ -302,11 +322,13 @@ async def run_pipeline(cfg: Config, urls: list[str], source_fps: float, faces: i
         ids = [f"bench-{i}" for i in range(len(urls))]
         for sid, url in zip(ids, urls):
             await monitor.add_stream(sid, url, trusted=True)  # the operator's own media
-        await asyncio.sleep(warmup_s)
+        bar = _seconds_bar(warmup_s + duration_s, progress)
+        await _sleep(warmup_s, bar)
         c0 = read_counters(monitor)
         device = monitor.engine.device
         sampler = asyncio.create_task(_sample_gpu(device, gpu)) if device.type == "cuda" else None
-        await asyncio.sleep(duration_s)
+        await _sleep(duration_s, bar)
+        bar.close()
         c1 = read_counters(monitor)
         if sampler is not None:
             sampler.cancel()

@@ -57,6 +57,7 @@ class BenchOptions:
     weights_dir: Path | None = None
     config: Path | None = None
     workdir: Path | None = None
+    progress: bool = False  # a bar over warm-up + measurement on stderr (a terminal only)
 
 
 def bench_config(opts: BenchOptions, workdir: Path) -> Config:
@@ -135,7 +136,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     log.info("bench: pipeline, %d stream(s), %.0f s warm-up + %.0f s measured", opts.streams, opts.warmup_s,
              opts.duration_s)
     measurement = asyncio.run(run_pipeline(cfg, urls, opts.fps, opts.faces, opts.warmup_s, opts.duration_s,
-                                           paced=opts.pace == "realtime"))
+                                           paced=opts.pace == "realtime", progress=opts.progress))
 
     meta = {
         "version": 1, "started_at": started, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -167,9 +167,12 @@ def _resolve(setting: HWAccelSetting) -> tuple[str, str | None]:
     if setting == "none":
         return "software", None
     if setting == "auto":
-        tried = "; ".join(f"{d}: {device_problem(d)}" for d in HWACCEL_PREFERENCE)
-        _log_once("auto", logging.INFO, "ingest.hwaccel=auto: no usable hardware decoder, decoding "
-                  "in software (%s)", tried)
+        # One short line at INFO; each device's reason (a long line) only at DEBUG (-v).
+        _log_once("auto", logging.INFO, "ingest.hwaccel=auto: no usable hardware decoder (tried %s), "
+                  "decoding in software", ", ".join(HWACCEL_PREFERENCE))
+        if log.isEnabledFor(logging.DEBUG):
+            tried = "; ".join(f"{d}: {device_problem(d)}" for d in HWACCEL_PREFERENCE)
+            _log_once("auto-why", logging.DEBUG, "ingest.hwaccel=auto: %s", tried)
         return "software", None
     why = device_problem(setting)
     _log_once(setting, logging.WARNING, "ingest.hwaccel=%s: %s; decoding in software "
