@@ -11,10 +11,15 @@ that no detector samples is skipped by the engine before face detection (``faces
 no place in flight, is not counted as analysed, and leaves the operator page's picture
 (the last *analysed* frame, whose faces the page draws) as it was. Analyses are handled strictly
 in frame order by a done-callback chain, so tracks, windows and alert events keep the
-stream's order. A track's end event waits until every window of that track submitted
-before it has been scored (at most ``end_wait_s``), so the final windows can still update
-the incident; scores that arrive after a track's end are ignored, so an ended incident is
-never reopened by a straggler.
+stream's order. The alert policy gets each track's window scores in the order the windows
+were submitted, whichever lane finishes first (a score waits for those of the track's earlier
+windows), so the same frames give the same alert decisions however the lanes are timed. A
+track's end event waits until every window of that track submitted before it has been
+scored (at most ``end_wait_s``; a source that is not live waits for all of them), so the final
+windows can still update the incident; scores that arrive after a track's end are ignored, so
+an ended incident is never reopened by a straggler. ``on_window(clip, probability)``, when
+given, sees every score the policy gets, just before it does (``stream-monitor predict``
+collects its windows so).
 
 Consecutive-frame detectors (StyleFlow) make windows only of unbroken runs of frames
 (:mod:`stream_monitor.windows`); each run closed by a gap before it filled a window counts once
@@ -32,9 +37,9 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from .alerts.policy import AlertPolicy, fuse
+from .alerts.policy import AlertPolicy
 from .alerts.publisher import AlertSink
 from .inference.analysis import FrameAnalysis
 from .inference.batcher import Shed
@@ -59,7 +64,8 @@ class StreamStats:
 
 class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
-                 max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8) -> None:
+                 max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8,
+                 on_window: Callable[[Clip, float], None] | None = None) -> None:
         self.stream_id = stream_id
         self.engine = engine
         self.policy = policy
@@ -68,6 +74,7 @@ class StreamPipeline:
         self.max_inflight = max_inflight
         self.end_wait_s = end_wait_s
         self.max_pending_windows = max_pending_windows
+        self.on_window = on_window
         # A source that is not live (a file or synthetic video without ingest.realtime) waits
         # for its windows instead of letting the lanes shed them: nothing of it is lost.
         self.lossless = False
@@ -80,6 +87,8 @@ class StreamPipeline:
         self._scores: dict[int, dict[str, float]] = {}
         self._pending_scores: dict[int, set[asyncio.Future[Any]]] = {}
         self._unscored: set[asyncio.Future[float]] = set()  # every window submitted and not yet scored
+        # Per track, its windows in submission order until the policy has had their scores.
+        self._order: dict[int, deque[tuple[Clip, asyncio.Future[float]]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._aborted = False
         self.closed = False
@@ -163,17 +172,22 @@ class StreamPipeline:
     def live(self) -> dict[str, Any]:
         """The newest analysed frame's faces with their latest scores (JSON-ready, for the page).
 
-        ``box`` in frame pixels; ``scores`` the latest probability per detector for the track;
-        ``fused`` their fusion as the alert policy computes it (``None`` before any score).
+        ``box`` in frame pixels; ``scores`` the latest probability per detector for the track
+        and ``fused`` their fusion, both as the alert policy sees them (:meth:`AlertPolicy.assess`:
+        calibrated probabilities with a calibration file), and ``threshold`` what ``fused`` is
+        compared with (with a calibration it depends on the detectors present); ``None`` before
+        any score. The top-level ``threshold`` is ``alerts.threshold``.
         """
         frame = self.last_frame
         cfg = self.policy.config
         faces = []
         for face in self.last_faces:
             scores = self._scores.get(face.track_id, {})
+            seen = self.policy.assess(scores) if scores else None
             faces.append({"track_id": face.track_id, "box": [round(float(v), 1) for v in face.obs.box],
-                          "scores": {d: round(p, 4) for d, p in sorted(scores.items())},
-                          "fused": round(fuse(scores, cfg.fusion, cfg.weights), 4) if scores else None})
+                          "scores": {d: round(p, 4) for d, p in sorted(seen.detectors.items())} if seen else {},
+                          "fused": round(seen.score, 4) if seen else None,
+                          "threshold": seen.threshold if seen else None})
         return {"stream_id": self.stream_id, "seq": frame.seq if frame else None, "pts": frame.pts if frame else None,
                 "width": frame.size[0] if frame else None, "height": frame.size[1] if frame else None,
                 "threshold": cfg.threshold, "faces": faces}
@@ -200,17 +214,34 @@ class StreamPipeline:
         fut = self.engine.score(clip, sheddable=not self.lossless)
         self._pending_scores.setdefault(clip.track_id, set()).add(fut)
         self._unscored.add(fut)
-        fut.add_done_callback(lambda f: self._on_score(clip, f))
+        self._order.setdefault(clip.track_id, deque()).append((clip, fut))
+        fut.add_done_callback(lambda f: self._scored(clip.track_id, f))
+
+    def _scored(self, track_id: int, fut: "asyncio.Future[float]") -> None:
+        self._pending_scores.get(track_id, set()).discard(fut)
+        self._unscored.discard(fut)
+        self._release(track_id)
+
+    def _release(self, track_id: int, flush: bool = False) -> None:
+        """Hand the track's scored windows to the policy in submission order, up to the first
+        still unscored one; ``flush`` (the track ends): all those scored, dropping the rest."""
+        queue = self._order.get(track_id)
+        while queue and (flush or queue[0][1].done()):
+            clip, fut = queue.popleft()
+            if fut.done():
+                self._on_score(clip, fut)
+        if not queue:
+            self._order.pop(track_id, None)
 
     def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
-        self._pending_scores.get(clip.track_id, set()).discard(fut)
-        self._unscored.discard(fut)
         if self._aborted or fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
             return
         if fut.exception() is not None:
             log.error("%s: %s window failed: %r", self.stream_id, clip.detector, fut.exception())
             return
         probability = fut.result()
+        if self.on_window is not None:
+            self.on_window(clip, probability)
         self._scores.setdefault(clip.track_id, {})[clip.detector] = probability
         self.metrics.windows_scored.labels(clip.detector).inc()
         self.stats.windows += 1
@@ -221,7 +252,8 @@ class StreamPipeline:
 
     async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
         if pending:
-            await asyncio.wait(pending, timeout=self.end_wait_s)
+            await asyncio.wait(pending, timeout=None if self.lossless else self.end_wait_s)
+        self._release(track_id, flush=True)
         self._ended.add(track_id)
         self._scores.pop(track_id, None)
         self._emit(self.policy.on_track_end(self.stream_id, track_id))
