@@ -123,8 +123,11 @@ async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuar
     found = _Findings()
     policy = AlertPolicy(PolicyConfig.from_config(cfg.alerts, engine.model_ids, calibration=engine.calibration))
     metrics = Metrics()  # this run's own: its per-stream series are no business of the service's /metrics
-    pipeline = StreamPipeline(stream_id, engine, policy, found, metrics, max_pending_windows=_MAX_UNSCORED,
-                              on_window=found.window)
+    # One frame in face detection at a time: a frame's search regions (faces.roi) come from the
+    # tracks as of its batch, and MTCNN's rounding from the batch's other frames, so batches of
+    # several frames would make the scores depend on timing. One at a time they do not.
+    pipeline = StreamPipeline(stream_id, engine, policy, found, metrics, max_inflight=1,
+                              max_pending_windows=_MAX_UNSCORED, on_window=found.window)
     await pipeline.open()
     pipeline.on_session(1, live=False)  # not live: frames and windows are held back, never shed
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
@@ -148,10 +151,10 @@ async def predict_video(engine: Engine, cfg: Config, url: str, guard: SourceGuar
     faces = int(metrics.registry.get_sample_value("stream_monitor_faces_detected_total", {"stream": stream_id}) or 0)
     a = cfg.alerts
     fused = fuse(detectors, a.fusion, a.weights) if detectors else None
-    result = {"file_path": url, "fake_probability": None if fused is None else round(fused, 6),
-              "label": None if fused is None else ("FAKE" if fused >= a.threshold else "REAL"),
-              "detectors": detectors, "frames": frames, "faces": faces,
-              "calibrated": engine.calibrated, "models": engine.model_ids}
+    result: dict[str, Any] = {"file_path": url, "fake_probability": None if fused is None else round(fused, 6),
+                              "label": None if fused is None else ("FAKE" if fused >= a.threshold else "REAL"),
+                              "detectors": detectors, "frames": frames, "faces": faces,
+                              "calibrated": engine.calibrated, "models": engine.model_ids}
     if detail:
         result.update(windows=found.windows, alerts=found.alerts)
     return result

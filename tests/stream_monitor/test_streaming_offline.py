@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from stream_monitor.alerts.policy import fuse
 from stream_monitor.app import Monitor
 from stream_monitor.calibration import ScoreRow, fit_calibration, load_calibration, save_calibration
 from stream_monitor.config import load_config
+from stream_monitor.ingest.av_reader import frame_time
 from stream_monitor.predict import predict_video
 from stream_monitor.types import Clip
 from tests.support.face_videos import write_face_videos
@@ -84,11 +86,11 @@ def test_rtsp_in_real_time_scores_and_alerts_as_predict(tmp_path: Path) -> None:
         detectors={"enabled": DETECTORS, "calibration": str(calibration),
                    # Live windows are never shed for their age.
                    "caddm": {"sample_fps": 8.0, "max_queue_s": 600.0}, "sta": {"sample_fps": 8.0, "max_queue_s": 600.0}},
-        # One frame per face-detection batch. MTCNN's results depend in their last bits on
-        # which frames share a batch (its stages batch their crops over all the frames), and
-        # the live stream (a frame every 83 ms) and predict (as fast as decoding) batch
-        # differently: with batches of 8 a landmark moves by a hair, the crop with it, and
-        # CADDM's score by up to 4e-5. Not a difference of the two paths' code: of batching.
+        # One frame per face-detection batch, as predict detects. Which frames share a batch
+        # changes MTCNN's rounding (its stages batch their crops over all the frames) and the
+        # search regions (faces.roi: from the tracks as of the batch); a live stream batches
+        # the frames that wait, so with batches of 8 a landmark moved by a hair here, the crop
+        # with it, and CADDM's score by up to 4e-5. Batching, not a difference of the code.
         faces={"min_size": 24, "batch_size": 1},
         # A hand-off larger than the video: ingest drops no frame however slow the CPU is.
         ingest={"queue_frames": 512, "open_timeout_s": 10.0, "read_timeout_s": 5.0, "stall_timeout_s": 20.0,
@@ -187,3 +189,17 @@ def test_rtsp_in_real_time_scores_and_alerts_as_predict(tmp_path: Path) -> None:
 
     # The page showed what the alerts decide by, and that differs from the raw scores' mean.
     assert result["live_checked"] > 0 and result["live_calibrated"] > 0
+
+
+def test_frame_time_puts_rtp_timestamps_on_the_frame_grid() -> None:
+    rtp, rate = Fraction(1, 90000), Fraction(12)
+    # GStreamer truncates 1/12 s to 7499 ticks of the RTP clock: the file's time is 1/12 s.
+    assert frame_time(7499, rtp, rate) == 1 / 12 and frame_time(14999, rtp, rate) == 2 / 12
+    assert frame_time(22500, rtp, rate) == 0.25 and frame_time(0, rtp, rate) == 0.0
+    # Two ticks off is a timestamp of its own (a camera clock that does not start on the grid).
+    assert frame_time(7498, rtp, rate) == 7498 / 90000
+    # A clock too coarse to tell 1.5 ticks from a quarter frame is never moved.
+    assert frame_time(1, Fraction(1, 30), Fraction(25)) == 1 / 30
+    # The file's own timestamps stay what FFmpeg gives, and so does a stream without a rate.
+    assert frame_time(1024, Fraction(1, 12288), rate) == 1 / 12
+    assert frame_time(7499, rtp, None) == 7499 / 90000
