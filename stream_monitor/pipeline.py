@@ -13,7 +13,9 @@ no place in flight, is not counted as analysed, and leaves the operator page's p
 in frame order by a done-callback chain, so tracks, windows and alert events keep the
 stream's order. The alert policy gets each track's window scores in the order the windows
 were submitted, whichever lane finishes first (a score waits for those of the track's earlier
-windows), so the same frames give the same alert decisions however the lanes are timed. A
+windows), so the same frames give the same alert decisions however the lanes are timed; the
+price is latency: a fast detector's score may wait for a slower detector's window of the same
+track submitted just before it (at most that window's time in its lane, ``max_queue_s`` live). A
 track's end event waits until every window of that track submitted before it has been
 scored (at most ``end_wait_s``; a source that is not live waits for all of them), so the final
 windows can still update the incident; scores that arrive after a track's end are ignored, so
