@@ -11,11 +11,8 @@ that no detector samples is skipped by the engine before face detection (``faces
 no place in flight, is not counted as analysed, and leaves the operator page's picture
 (the last *analysed* frame, whose faces the page draws) as it was. Analyses are handled strictly
 in frame order by a done-callback chain, so tracks, windows and alert events keep the
-stream's order. The alert policy gets each track's window scores in the order the windows
-were submitted, whichever lane finishes first (a score waits for those of the track's earlier
-windows), so the same frames give the same alert decisions however the lanes are timed; the
-price is latency: a fast detector's score may wait for a slower detector's window of the same
-track submitted just before it (at most that window's time in its lane, ``max_queue_s`` live). A
+stream's order; window scores reach the alert policy as their lanes finish them (each lane in
+its windows' order; between detectors, as the lanes' timing has it). A
 track's end event waits until every window of that track submitted before it has been
 scored (at most ``end_wait_s``; a source that is not live waits for all of them), so the final
 windows can still update the incident; scores that arrive after a track's end are ignored, so
@@ -89,8 +86,6 @@ class StreamPipeline:
         self._scores: dict[int, dict[str, float]] = {}
         self._pending_scores: dict[int, set[asyncio.Future[Any]]] = {}
         self._unscored: set[asyncio.Future[float]] = set()  # every window submitted and not yet scored
-        # Per track, its windows in submission order until the policy has had their scores.
-        self._order: dict[int, deque[tuple[Clip, asyncio.Future[float]]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._aborted = False
         self.closed = False
@@ -216,26 +211,11 @@ class StreamPipeline:
         fut = self.engine.score(clip, sheddable=not self.lossless)
         self._pending_scores.setdefault(clip.track_id, set()).add(fut)
         self._unscored.add(fut)
-        self._order.setdefault(clip.track_id, deque()).append((clip, fut))
-        fut.add_done_callback(lambda f: self._scored(clip.track_id, f))
-
-    def _scored(self, track_id: int, fut: "asyncio.Future[float]") -> None:
-        self._pending_scores.get(track_id, set()).discard(fut)
-        self._unscored.discard(fut)
-        self._release(track_id)
-
-    def _release(self, track_id: int, flush: bool = False) -> None:
-        """Hand the track's scored windows to the policy in submission order, up to the first
-        still unscored one; ``flush`` (the track ends): all those scored, dropping the rest."""
-        queue = self._order.get(track_id)
-        while queue and (flush or queue[0][1].done()):
-            clip, fut = queue.popleft()
-            if fut.done():
-                self._on_score(clip, fut)
-        if not queue:
-            self._order.pop(track_id, None)
+        fut.add_done_callback(lambda f: self._on_score(clip, f))
 
     def _on_score(self, clip: Clip, fut: "asyncio.Future[float]") -> None:
+        self._pending_scores.get(clip.track_id, set()).discard(fut)
+        self._unscored.discard(fut)
         if self._aborted or fut.cancelled() or isinstance(fut.exception(), Shed) or clip.track_id in self._ended:
             return
         if fut.exception() is not None:
@@ -255,7 +235,6 @@ class StreamPipeline:
     async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
         if pending:
             await asyncio.wait(pending, timeout=None if self.lossless else self.end_wait_s)
-        self._release(track_id, flush=True)
         self._ended.add(track_id)
         self._scores.pop(track_id, None)
         self._emit(self.policy.on_track_end(self.stream_id, track_id))

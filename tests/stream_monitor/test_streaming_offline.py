@@ -3,7 +3,7 @@ gives the same windows, the same scores and the same alert decisions.
 
 The video (the synthetic moving face, H.264) is served by a real gst-rtsp-server on loopback,
 re-packetised without re-encoding (so the decoder gets the file's own bitstream), and played in
-real time to a Monitor (``run``'s code) with two small random-weight detectors on the CPU, a
+real time to a Monitor (``run``'s code) with a small random-weight detector on the CPU, a
 calibration file and settings under which nothing is dropped or shed (asserted from the
 metrics). The same file then goes through ``predict_video`` on the monitor's own engine (what
 ``POST /predict`` does), so both paths have the same seeded weights.
@@ -36,8 +36,12 @@ from tests.support.polling import until_async
 from tests.support.rtsp import RtspServer
 from tests.support.small import small_config
 
-DETECTORS = ["caddm", "sta"]
-MODELS = {"caddm": "caddm_resnet34@random", "sta": "sta_clip_vitl14@random"}
+# One detector: the alert policy gets each lane's scores in that lane's order, but the scores of
+# two detectors interleave as the lanes happen to finish them (a live stream's StA window may
+# finish before or after the CADDM windows submitted around it), so with two detectors the
+# decisions after each score can differ from run to run, live or offline. Not pinned here.
+DETECTORS = ["caddm"]
+MODELS = {"caddm": "caddm_resnet34@random"}
 # Payload fields that name the run rather than decide anything: the stream id, the incident's
 # random id, the wall-clock time and the worker's name.
 RUN_FIELDS = {"stream_id", "alert_id", "emitted_at", "worker"}
@@ -82,10 +86,9 @@ def test_rtsp_in_real_time_scores_and_alerts_as_predict(tmp_path: Path) -> None:
     jsonl = tmp_path / "alerts.jsonl"
     rtsp = RtspServer(tmp_path, files={"/face": video})  # fails under CI=1 without GStreamer RTSP
     overrides = small_config(
-        # Both detectors sample the 12 fps video at 8 fps (StA: an 8-frame window a second).
+        # CADDM samples the 12 fps video at 8 fps; live windows are never shed for their age.
         detectors={"enabled": DETECTORS, "calibration": str(calibration),
-                   # Live windows are never shed for their age.
-                   "caddm": {"sample_fps": 8.0, "max_queue_s": 600.0}, "sta": {"sample_fps": 8.0, "max_queue_s": 600.0}},
+                   "caddm": {"sample_fps": 8.0, "max_queue_s": 600.0}},
         # One frame per face-detection batch, as predict detects. Which frames share a batch
         # changes MTCNN's rounding (its stages batch their crops over all the frames) and the
         # search regions (faces.roi: from the tracks as of the batch); a live stream batches
