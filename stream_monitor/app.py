@@ -135,11 +135,8 @@ class Monitor:
         await self._start_http()  # first: a supervisor sees the process answer while models load
         await asyncio.to_thread(self.engine.load)
         await self.engine.start()
-        a = self.cfg.alerts
-        self.policy = AlertPolicy(PolicyConfig(
-            threshold=a.threshold, fusion=a.fusion, weights=a.weights, start_after=a.start_after,
-            end_after=a.end_after, cooldown_s=a.cooldown_s,
-            models=self.engine.model_ids, worker=worker_name(self.cfg), calibration=self.engine.calibration))
+        self.policy = AlertPolicy(PolicyConfig.from_config(self.cfg.alerts, self.engine.model_ids,
+                                                           worker_name(self.cfg), self.engine.calibration))
         await self.sink.start()
         if self.fleet is not None:
             await self.fleet.start()  # adds cfg.streams to the fleet; some may land on other workers

@@ -11,10 +11,14 @@ that no detector samples is skipped by the engine before face detection (``faces
 no place in flight, is not counted as analysed, and leaves the operator page's picture
 (the last *analysed* frame, whose faces the page draws) as it was. Analyses are handled strictly
 in frame order by a done-callback chain, so tracks, windows and alert events keep the
-stream's order. A track's end event waits until every window of that track submitted
-before it has been scored (at most ``end_wait_s``), so the final windows can still update
-the incident; scores that arrive after a track's end are ignored, so an ended incident is
-never reopened by a straggler.
+stream's order; window scores reach the alert policy as their lanes finish them (each lane in
+its windows' order; between detectors, as the lanes' timing has it). A
+track's end event waits until every window of that track submitted before it has been
+scored (at most ``end_wait_s``; a source that is not live waits for all of them), so the final
+windows can still update the incident; scores that arrive after a track's end are ignored, so
+an ended incident is never reopened by a straggler. ``on_window(clip, probability)``, when
+given, sees every score the policy gets, just before it does (``stream-monitor predict``
+collects its windows so).
 
 Consecutive-frame detectors (StyleFlow) make windows only of unbroken runs of frames
 (:mod:`stream_monitor.windows`); each run closed by a gap before it filled a window counts once
@@ -41,10 +45,10 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .alerts.evidence import EvidenceStore
-from .alerts.policy import AlertEvent, AlertPolicy, fuse
+from .alerts.policy import AlertEvent, AlertPolicy
 from .alerts.publisher import AlertSink
 from .inference.analysis import FrameAnalysis
 from .inference.batcher import Shed
@@ -80,7 +84,8 @@ class StreamPipeline:
     def __init__(self, stream_id: str, engine: Engine, policy: AlertPolicy, sink: AlertSink, metrics: Metrics,
                  max_inflight: int = 4, end_wait_s: float = 5.0, max_pending_windows: int = 8,
                  evidence: EvidenceStore | None = None, detectors: list[str] | None = None,
-                 lease_epoch: int | None = None) -> None:
+                 lease_epoch: int | None = None,
+                 on_window: Callable[[Clip, float], None] | None = None) -> None:
         """``detectors``: the subset of the enabled detectors that score this stream (None: all)."""
         self.stream_id = stream_id
         # The fleet lease this run holds (fleet.py), stamped on every alert event it emits so
@@ -98,6 +103,7 @@ class StreamPipeline:
         self.detectors = detectors
         # Per track: its last scored window and the frame it ended in (evidence of an end event).
         self._last_window: dict[int, tuple[Frame | None, Clip]] = {}
+        self.on_window = on_window
         # A source that is not live (a file or synthetic video without ingest.realtime) waits
         # for its windows instead of letting the lanes shed them: nothing of it is lost.
         self.lossless = False
@@ -199,8 +205,11 @@ class StreamPipeline:
     def live(self) -> dict[str, Any]:
         """The newest analysed frame's faces with their latest scores (JSON-ready, for the page).
 
-        ``box`` in frame pixels; ``scores`` the latest probability per detector for the track;
-        ``fused`` their fusion as the alert policy computes it (``None`` before any score).
+        ``box`` in frame pixels; ``scores`` the latest probability per detector for the track
+        and ``fused`` their fusion, both as the alert policy sees them (:meth:`AlertPolicy.assess`:
+        calibrated probabilities with a calibration file), and ``threshold`` what ``fused`` is
+        compared with (with a calibration it depends on the detectors present); ``None`` before
+        any score. The top-level ``threshold`` is ``alerts.threshold``.
         """
         frame = self.last_frame
         cfg = self.policy.config
@@ -208,9 +217,11 @@ class StreamPipeline:
         faces = []
         for face in self.last_faces:
             scores = self._scores.get(face.track_id, {})
+            seen = self.policy.assess(scores, self.stream_id) if scores else None
             faces.append({"track_id": face.track_id, "box": [round(float(v), 1) for v in face.obs.box],
-                          "scores": {d: round(p, 4) for d, p in sorted(scores.items())},
-                          "fused": round(fuse(scores, cfg.fusion, cfg.weights), 4) if scores else None})
+                          "scores": {d: round(p, 4) for d, p in sorted(seen.detectors.items())} if seen else {},
+                          "fused": round(seen.score, 4) if seen else None,
+                          "threshold": seen.threshold if seen else None})
         return {"stream_id": self.stream_id, "seq": frame.seq if frame else None, "pts": frame.pts if frame else None,
                 "width": frame.size[0] if frame else None, "height": frame.size[1] if frame else None,
                 "threshold": cfg.threshold if own is None else own, "faces": faces}
@@ -260,6 +271,8 @@ class StreamPipeline:
             self._failed(clip.detector, exc)
             return
         probability = fut.result()
+        if self.on_window is not None:
+            self.on_window(clip, probability)
         self._scores.setdefault(clip.track_id, {})[clip.detector] = probability
         self.metrics.windows_scored.labels(clip.detector).inc()
         self.metrics.window_score.labels(clip.detector).observe(probability)

@@ -42,10 +42,13 @@ import datetime as dt
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
 from ..calibration import Assessment, Calibration
 from ..types import BBox, Score
+
+if TYPE_CHECKING:
+    from ..config import AlertsConfig
 
 Fusion = Literal["mean", "max", "weighted"]
 SAME_FACE_IOU = 0.3
@@ -62,6 +65,15 @@ class PolicyConfig:
     models: Mapping[str, str] = field(default_factory=dict)
     worker: str = ""
     calibration: Calibration | None = None
+
+    @classmethod
+    def from_config(cls, alerts: "AlertsConfig", models: Mapping[str, str], worker: str = "",
+                    calibration: Calibration | None = None) -> "PolicyConfig":
+        """The policy of the ``alerts`` section for these models: what ``run`` and ``predict``
+        both decide alerts by."""
+        return cls(threshold=alerts.threshold, fusion=alerts.fusion, weights=alerts.weights,
+                   start_after=alerts.start_after, end_after=alerts.end_after, cooldown_s=alerts.cooldown_s,
+                   models=models, worker=worker, calibration=calibration)
 
     def __post_init__(self) -> None:
         if self.start_after < 1 or self.end_after < 1:

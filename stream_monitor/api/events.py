@@ -7,7 +7,8 @@ Each event is ``event: <name>`` plus one line ``data: <JSON object>``:
 - ``streams`` every :data:`STREAMS_PERIOD_S`: ``{"streams": [StreamHandle.status(), ...]}``.
 - ``live`` at most :data:`LIVE_FPS` times a second per stream, when a new frame was
   analysed: ``StreamPipeline.live()`` (faces with boxes in frame pixels, per-detector
-  scores, fused score, threshold, frame width and height). ``?stream=ID`` limits these to
+  scores, fused score and its threshold as the alert policy assesses them, frame width and
+  height). ``?stream=ID`` limits these to
   one stream; by default every stream of this worker is sent.
 - ``alert``: an alert event's JSON payload (DESIGN.md schema). With ``redis.url`` set they
   come from Redis Pub/Sub (``PSUBSCRIBE {prefix}:alerts:*``: every worker's alerts, as

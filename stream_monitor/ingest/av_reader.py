@@ -6,8 +6,9 @@ Shared by the RTSP and file sources. Contract of :func:`read_video`:
   the open timeout, happens in the decode thread, never on the asyncio loop);
 - demuxes **only the first video stream** (a damaged audio track cannot stop the video);
 - yields :class:`~stream_monitor.types.Frame` with ``seq`` counting from 0, ``pts`` the
-  frame's stream time in seconds (``frame.time``; when missing, the previous pts plus one
-  frame period, i.e. ``index / rate`` for a stream without timestamps), ``arrival`` the
+  frame's stream time in seconds (``frame.time``, put on the frame grid when within 1.5 clock
+  ticks of it: :func:`frame_time`; when missing, the previous pts plus one frame period,
+  i.e. ``index / rate`` for a stream without timestamps), ``arrival`` the
   wall-clock time after decoding and ``image`` uint8 RGB ``[H, W, 3]``;
 - with ``pace=True`` sleeps so frames leave at their pts rate (real-time file playback); a
   callable ``pace`` is asked once the container is open (after ``on_open``);
@@ -63,6 +64,7 @@ import io
 import logging
 import threading
 import time
+from fractions import Fraction
 from typing import Callable, Iterator
 
 import av
@@ -309,6 +311,35 @@ def _decoder_in_use(stream_id: str, stream: VideoStream, setting: HWAccelSetting
     return decoder
 
 
+# A timestamp this many clock ticks off its frame's place k / rate is put there (see frame_time).
+_SNAP_TICKS = Fraction(3, 2)
+
+
+def frame_time(pts: int, time_base: Fraction | None, rate: Fraction | None) -> float:
+    """A frame's time in seconds from its ``pts`` in ``time_base`` units, snapped onto the
+    stream's frame grid ``k / rate`` when it lies within 1.5 ticks of it.
+
+    Why: an RTP sender (GStreamer's payloaders, most cameras) converts each frame's time to
+    the 90 kHz RTP clock by truncating, so a 12 fps frame due at 1/12 s arrives stamped
+    7499/90000 s, one tick early, while the same frame read from the file has exactly 1/12 s.
+    Snapping makes the same video give the same timestamps (hence the same sampling, windows
+    and alert ``window`` times) whether it is read from a file or played over RTSP. A
+    timestamp further off than that (a camera whose clock does not start on the grid, a
+    variable frame rate) is kept as it is; the change is never more than the clock's own
+    resolution allows. Without ``rate`` or ``time_base``: ``pts * time_base`` as FFmpeg has it.
+    """
+    if time_base is None:
+        return float(pts)
+    exact = pts * time_base
+    if rate:
+        tick = _SNAP_TICKS * time_base
+        if tick < Fraction(1, 4) / rate:  # a clock fine enough to tell frames apart
+            on_grid = round(exact * rate) / rate
+            if abs(exact - on_grid) <= tick:
+                return float(on_grid)
+    return float(exact)
+
+
 def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, str] | None = None,
                open_timeout: float | None = None, read_timeout: float | None = None,
                stop: threading.Event | None = None, pace: bool | Callable[[], bool] = False,
@@ -390,7 +421,8 @@ def read_video(stream_id: str, target: str, *, shown: str, options: dict[str, st
                 continue
             bad_packets = 0
             for vf in decoded:
-                pts = vf.time if vf.time is not None else (0.0 if last_pts is None else last_pts + period)
+                pts = frame_time(vf.pts, vf.time_base or stream.time_base, rate) if vf.pts is not None else \
+                    (0.0 if last_pts is None else last_pts + period)
                 if pace:
                     now = time.monotonic()
                     if clock_ref is None or pts < clock_ref[1]:

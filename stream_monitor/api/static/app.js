@@ -263,7 +263,8 @@ function onLive(live) {
   $("viewer").style.aspectRatio = `${live.width} / ${live.height}`;
   const boxes = live.faces.map((face) => {
     const [x1, y1, x2, y2] = face.box;
-    const lvl = level(face.fused, live.threshold);
+    // A face's own threshold: with a calibration it depends on the detectors that scored it.
+    const lvl = level(face.fused, face.threshold ?? live.threshold);
     const box = el("div", {
       class: `face-box ${lvl}` + (state.track === `${live.stream_id}|${face.track_id}` ? " chosen" : ""),
       "data-track": String(face.track_id),
