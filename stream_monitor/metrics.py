@@ -18,6 +18,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 ALERT_DROP_REASONS = ("overflow", "spool_error", "corrupt_spool", "shutdown")
+# What stream_monitor_work_abandoned_total counts (see its help).
+WORK_KINDS = ("frame", "window", "close")
 
 
 class Metrics:
@@ -77,6 +79,14 @@ class Metrics:
                                    registry=r)
         self.leases_lost = Counter(p + "leases_lost_total",
                                    "Streams stopped because this worker could no longer prove its lease.", registry=r)
+        self.work_abandoned = Counter(
+            p + "work_abandoned_total",
+            "Work given up before its result was used, by kind: frame (face detection of a stopping stream), "
+            "window (a detector window of a stopping stream, or one still unscored end_wait_s after its track "
+            "ended), close (a stream's final track closing that did not finish within the stop's grace).",
+            ["kind"], registry=r)
+        for kind in WORK_KINDS:
+            self.work_abandoned.labels(kind)
         # Every metric with a ``stream`` label: forget_stream removes their series of a deleted stream.
         self.per_stream: tuple[MetricWrapperBase, ...] = (
             self.frames_received, self.frames_analysed, self.frames_dropped, self.faces_detected, self.tracks_active,

@@ -7,6 +7,8 @@ from typing import Any
 SCHEMA = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
           "threshold": float, "detectors": dict, "window": dict, "bbox": list, "calibrated": bool, "models": dict,
           "emitted_at": str, "worker": str}
+# Why an incident ended: on ``end`` events only (stream_monitor.alerts.policy.END_REASONS).
+END_REASONS = ("below_threshold", "track_ended", "stream_ended", "stream_removed", "shutdown", "lease_lost")
 # Added to every event when a calibration file (detectors.calibration) is applied.
 CALIBRATED = {"fpr": float, "raw": dict}
 
@@ -14,12 +16,15 @@ CALIBRATED = {"fpr": float, "raw": dict}
 def check_schema(alert: dict[str, Any], calibrated: bool = False) -> None:
     """The alert event schema of random-weight small detectors; ``calibrated``: with a
     calibration file fitted for them (``fpr`` and ``raw`` added, ``calibrated`` true)."""
-    schema = {**SCHEMA, **CALIBRATED} if calibrated else SCHEMA
+    schema = {**SCHEMA, **CALIBRATED} if calibrated else dict(SCHEMA)
+    if alert.get("event") == "end":
+        schema["reason"] = str
     assert set(alert) == set(schema), sorted(set(alert) ^ set(schema))
     for key, kind in schema.items():
         value = alert[key]
         assert isinstance(value, kind) or (kind is float and isinstance(value, int)), (key, value)
     assert alert["event"] in ("start", "update", "end")
+    assert alert["event"] != "end" or alert["reason"] in END_REASONS, alert.get("reason")
     assert set(alert["window"]) == {"start_pts", "end_pts", "frames"} and alert["window"]["frames"] >= 1
     assert len(alert["bbox"]) == 4 and alert["calibrated"] is calibrated
     assert alert["detectors"] and all(0.0 <= p <= 1.0 for p in alert["detectors"].values())
