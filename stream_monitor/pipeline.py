@@ -158,39 +158,42 @@ class StreamPipeline:
                 closing = asyncio.ensure_future(self.engine.close_stream(self.stream_id, forget=True))
                 if await self._until_deadline({closing}):
                     self._handle(closing.result(), reason)
-                else:
-                    self.metrics.work_abandoned.labels("close").inc()
-                    closing.add_done_callback(_quiet)  # the worker still runs it; the result is not wanted
                 while True:
                     ending = {t for t in self._tasks if not t.done()}
                     if not ending or not await self._until_deadline(ending):
                         break
         finally:
+            close_unfinished = closing is not None and not closing.done()
             if closing is None:  # the engine forgets the stream (its tracks' final windows are not wanted)
                 closing = asyncio.ensure_future(self.engine.close_stream(self.stream_id, forget=True))
-                closing.add_done_callback(_quiet)
-            if not self._aborted and self._abandon():
-                log.warning("%s: stopping (%s): work unfinished within the grace was abandoned", self.stream_id,
-                            reason)
+            if not closing.done():
+                closing.add_done_callback(_quiet)  # the worker still runs it; the result is not wanted
+            if close_unfinished:
+                self.metrics.work_abandoned.labels("close").inc()
+            if not self._aborted:
+                gone = self._abandon()
+                gone["track closing"] = int(close_unfinished)
+                if any(gone.values()):
+                    log.warning("%s: stopping (%s): abandoned at the end of the grace: %s", self.stream_id, reason,
+                                ", ".join(f"{n} {what}" for what, n in gone.items() if n))
             self._emit(self.policy.end_stream(self.stream_id, reason))
             self._ended.clear()
             self._scores.clear()
             self._pending_scores.clear()
             self.closed = True
 
-    def _abandon(self) -> int:
-        """Give up every frame and window still in the engine (counted; returns how many) and the
-        end-of-track tasks; nothing that arrives afterwards is used."""
+    def _abandon(self) -> dict[str, int]:
+        """Give up every frame and window still in the engine (counted) and the end-of-track
+        tasks; nothing that arrives afterwards is used. Returns how many of each were given up."""
         self._aborted = True
         frames = sum(1 for _, fut in self._inflight if fut.cancel())  # batches skip cancelled requests
         windows = sum(1 for fut in list(self._unscored) if fut.cancel())
-        for task in list(self._tasks):
-            task.cancel()
+        tasks = sum(1 for task in list(self._tasks) if task.cancel())
         if frames:
             self.metrics.work_abandoned.labels("frame").inc(frames)
         if windows:
             self.metrics.work_abandoned.labels("window").inc(windows)
-        return frames + windows
+        return {"frames": frames, "windows": windows, "track ends": tasks}
 
     async def _until_deadline(self, waiting: set[asyncio.Future[Any]]) -> bool:
         """Wait until everything in ``waiting`` is done (True) or the stop deadline passes
