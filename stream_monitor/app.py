@@ -48,6 +48,8 @@ _INGEST_STOP_S = 0.5
 # After a stream's finishing deadline: its synchronous last step (incidents' end events) and
 # its lease release (one Redis call within the fleet's socket timeout, at most 2 s).
 _RELEASE_S = 2.5
+# How long the worker threads get to end once the streams are closed (within the grace).
+_ENGINE_STOP_S = 1.0
 # The part of the grace kept for delivering the end events (the sinks drain then).
 _SINK_SHARE = 0.25
 _SINK_MAX_S = 3.0
@@ -330,7 +332,9 @@ class Monitor:
             await self.fleet.close()
         await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         self._runners.clear()
-        await self.engine.stop(timeout=max(0.0, deadline - time.monotonic()))
+        # The streams are closed: what a thread still computes is not wanted. Threads finishing at
+        # once exit cleanly; one inside a long forward is left to the process exit.
+        await self.engine.stop(timeout=max(0.0, min(_ENGINE_STOP_S, deadline - time.monotonic())))
         await self.sink.close(timeout=max(0.5, t0 + grace - time.monotonic()))
 
     async def _wait_streams_done(self, deadline: float) -> None:
