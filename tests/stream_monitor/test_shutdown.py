@@ -38,14 +38,15 @@ from tests.support.small import SMALL_DETECTORS, small_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MARGIN_S = 5.0  # the contract: a stop returns (the process exits) within grace + 5 s
-CADDM = {"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 1, "window_stride": 1}}
-ALERTS = {"threshold": 0.0, "start_after": 1, "stdout": False}  # every scored track opens an incident
+CADDM: dict[str, Any] = {"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 1, "window_stride": 1}}
+ALERTS: dict[str, Any] = {"threshold": 0.0, "start_after": 1, "stdout": False}  # every scored track opens an incident
 
 
 def _alerts(url: str) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(url)
     try:
-        return [json.loads(fields[b"alert"]) for _, fields in client.xrange("deepfake:alerts")]
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange("deepfake:alerts")  # type: ignore[assignment]
+        return [json.loads(fields[b"alert"]) for _, fields in entries]
     finally:
         client.close()
 
@@ -135,11 +136,12 @@ def test_fleet_delete_while_busy_releases_the_lease_and_the_id_can_be_added_agai
 def test_sigterm_under_load_exits_within_the_grace_and_releases_leases(
         tmp_path: Path, rtsp_server: RtspServer, redis_server: RedisServer) -> None:
     grace = 10.0  # the default shutdown_grace_s
-    cfg = {"detectors": {"device": "cpu", "random_weights": True, **SMALL_DETECTORS, "enabled": ["caddm"],
-                         "caddm": {**SMALL_DETECTORS["caddm"], **CADDM["caddm"]}},
-           "faces": {"min_size": 20}, "alerts": ALERTS, "redis": {"url": redis_server.url},
-           "fleet": {"enabled": True, "lease_ttl_s": 30.0, "tick_s": 0.5}, "worker_name": "wproc",
-           "api": {"source_hosts": ["127.0.0.1"]}}  # fleet streams go through the source policy
+    cfg: dict[str, Any] = {
+        "detectors": {"device": "cpu", "random_weights": True, **SMALL_DETECTORS, "enabled": ["caddm"],
+                      "caddm": {**SMALL_DETECTORS["caddm"], **CADDM["caddm"]}},
+        "faces": {"min_size": 20}, "alerts": ALERTS, "redis": {"url": redis_server.url},
+        "fleet": {"enabled": True, "lease_ttl_s": 30.0, "tick_s": 0.5}, "worker_name": "wproc",
+        "api": {"source_hosts": ["127.0.0.1"]}}  # fleet streams go through the source policy
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     marker = tmp_path / "blocked"

@@ -39,7 +39,7 @@ class SlowForward:
                 slow.release.wait()
             return original(runner, clips)
 
-        runners.PerFrameRunner.run = run  # type: ignore[method-assign]
+        runners.PerFrameRunner.run = run  # type: ignore[method-assign,assignment]
 
     def uninstall(self) -> None:
         self.release.set()
