@@ -4,9 +4,13 @@ Start: metrics → HTTP servers (API, metrics: they answer while the models load
 503 ``starting``; changes get 503, :mod:`.api.starting`) → models (engine.load, in a thread:
 may raise ``WeightsError``) → worker → alert sinks → streams (with ``fleet.enabled``: the fleet,
 which adds the configured streams to Redis's desired set and claims streams from it).
-Stop, in reverse: the fleet stops claiming → streams (each finishes its in-flight frames,
-closes its tracks and emits their final windows and end events, then gives its lease back)
-→ the fleet leaves → HTTP → worker → sinks (drained within the grace time).
+Stop, in reverse and in budgets (:meth:`Monitor.stop`): the fleet stops claiming → every
+stream's ingest stops at once, all streams together → their in-flight frames and windows get
+what is left of the grace (final windows, tracks' end events) → what is unfinished then is
+abandoned (``work_abandoned_total{kind}``), every incident still open ends (reason
+``shutdown``) and each lease is released, in a ``finally`` that a cancellation does not skip
+→ the fleet leaves → HTTP → worker threads (not waited for past the budget: a forward cannot
+be interrupted) → sinks (the end events delivered within the rest of the grace).
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ from .retry import Backoff
 log = logging.getLogger(__name__)
 
 _HTTP_SHUTDOWN_S = 3.0
+# How long a stopping stream's ingest may take to hand back its last frame (supervisor.stop
+# cancels it after this): ingest stops at once, the frame in hand is not worth the wait.
+_INGEST_STOP_S = 0.5
+# After a stream's finishing deadline: its synchronous last step (incidents' end events) and
+# its lease release (one Redis call within the fleet's socket timeout, at most 2 s).
+_RELEASE_S = 2.5
+# How long the worker threads get to end once the streams are closed (within the grace).
+_ENGINE_STOP_S = 1.0
+# The part of the grace kept for delivering the end events (the sinks drain then).
+_SINK_SHARE = 0.25
+_SINK_MAX_S = 3.0
 
 
 class StreamExists(StreamMonitorError):
@@ -122,6 +137,7 @@ class Monitor:
         self.metrics_port: int | None = None
         # Streams stopped but still finishing (final windows): an id is not reused until done.
         self._closing: dict[str, asyncio.Task[None]] = {}
+        self._closing_handles: dict[str, StreamHandle] = {}
         self._background: set[asyncio.Future[None]] = set()
         self.fleet: Fleet | None = Fleet(self, cfg, worker_name(cfg)) if cfg.fleet.enabled else None
         if self.fleet is not None:
@@ -243,42 +259,66 @@ class Monitor:
         return handle
 
     async def _run_stream(self, stream_id: str, supervisor: StreamSupervisor, pipeline: StreamPipeline) -> None:
+        # Ingest runs in a task of its own: supervisor.stop() cancels it when a frame is stuck in
+        # on_frame, and that must not cancel the finishing below (incidents, lease).
+        ingest = asyncio.create_task(supervisor.run(), name=f"ingest-{stream_id}")
         try:
-            await supervisor.run()
+            await asyncio.wait({ingest})
         finally:
-            await pipeline.close()
-            if self.fleet is not None:
-                await self.fleet.stream_done(stream_id, pipeline, ended=supervisor.status()["state"] == "ended")
+            if not ingest.done():  # this task is cancelled (the loop is closing): ingest goes too
+                ingest.cancel()
+            try:
+                await pipeline.close()  # bounded by pipeline.stop_by; ends open incidents even if cancelled
+            finally:
+                if self.fleet is not None:
+                    await self._release(stream_id, pipeline, ended=supervisor.status()["state"] == "ended")
+        if not ingest.cancelled() and ingest.exception() is not None:
+            raise ingest.exception()  # type: ignore[misc]  # a pipeline callback's bug: stop() logs it
+
+    async def _release(self, stream_id: str, pipeline: StreamPipeline, ended: bool) -> None:
+        """Give the stream's lease back. Shielded: when this task is cancelled meanwhile the
+        release still completes, in the background (``stop()`` waits for it)."""
+        assert self.fleet is not None
+        release = asyncio.ensure_future(self.fleet.stream_done(stream_id, pipeline, ended=ended))
+        self._background.add(release)
+        release.add_done_callback(self._background.discard)
+        await asyncio.shield(release)
 
     async def remove_stream(self, stream_id: str, wait_s: float = 5.0) -> None:
-        """Stop a stream. Its open windows are scored and its incidents ended; if that takes
-        longer than ``wait_s`` it finishes in the background (``stop()`` waits for it)."""
+        """Stop a stream. Ingest stops at once; its in-flight frames and windows get ``wait_s``
+        seconds (final windows scored, tracks' incidents ended); what is unfinished then is
+        abandoned and every incident still open ends (reason ``stream_removed``). Returns once
+        that is done and, in a fleet, the lease is released (about ``wait_s`` at most), so the
+        id can be added again at once."""
         handle = self.streams.pop(stream_id, None)
         if handle is None:
             raise UnknownStream(f"no stream {stream_id!r}")
         self._finishing(handle)
-        await handle.supervisor.stop()
-        await asyncio.wait({handle.task}, timeout=wait_s)
+        handle.pipeline.stop_by(time.monotonic() + wait_s, "stream_removed")
+        await handle.supervisor.stop(grace_s=_INGEST_STOP_S)
+        await asyncio.wait({handle.task}, timeout=wait_s + _RELEASE_S)
 
     def abort_stream(self, stream_id: str) -> None:
         """Stop processing a stream at once (its fleet lease is lost: another worker may take
         it). From this call on its pipeline drops every frame and result; its open incidents
-        get their ``end`` events; no final windows are scored."""
+        get their ``end`` events (reason ``lease_lost``); no final windows are scored."""
         handle = self.streams.pop(stream_id, None)
         if handle is None:
             return
         handle.pipeline.abort()
         self._finishing(handle)
-        stopping = asyncio.ensure_future(handle.supervisor.stop())
+        stopping = asyncio.ensure_future(handle.supervisor.stop(grace_s=_INGEST_STOP_S))
         self._background.add(stopping)  # the loop keeps only weak references to tasks
         stopping.add_done_callback(self._background.discard)
 
     def _finishing(self, handle: StreamHandle) -> None:
         self._closing[handle.id] = handle.task
+        self._closing_handles[handle.id] = handle
 
         def closed(task: asyncio.Task[None]) -> None:
             if self._closing.get(handle.id) is task:
                 del self._closing[handle.id]
+                del self._closing_handles[handle.id]
             if handle.id not in self.streams:
                 self.metrics.forget_stream(handle.id)
 
@@ -296,27 +336,57 @@ class Monitor:
             out += self.fleet.problems()
         return out + self.engine.problems() + self.sink.problems()
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop everything within about ``grace`` seconds (default ``shutdown_grace_s``), whatever
+        the detectors are doing. Every stream's ingest stops at once, all streams together; their
+        in-flight frames and windows get the grace less the sinks' share; then unfinished work
+        is abandoned (counted), every incident still open ends (reason ``shutdown``), leases
+        are released; then the fleet, HTTP and the worker threads stop (threads still inside a
+        forward are not waited for: they are daemons), and the sinks deliver the end events in
+        what is left of the grace. Only calls bounded by their own timeouts (Redis socket, HTTP
+        shutdown) can take it a few seconds past ``grace``."""
+        grace = self.cfg.shutdown_grace_s if grace is None else grace
+        t0 = time.monotonic()
+        sink_s = min(_SINK_MAX_S, grace * _SINK_SHARE)
+        deadline = t0 + grace - sink_s  # streams' finishing; the rest is the sinks'
         self.ready = False
         if self.fleet is not None:
             self.fleet.stop_claiming()
-        for stream_id in list(self.streams):
-            handle = self.streams.pop(stream_id)
-            await handle.supervisor.stop()
-            done, _ = await asyncio.wait({handle.task}, timeout=grace)
-            if not done:
-                log.error("stream %s did not finish within %.0fs (the worker is busy)", stream_id, grace)
-            elif not handle.task.cancelled() and handle.task.exception() is not None:
-                log.error("stream %s ended with %r", stream_id, handle.task.exception())
-        if self._closing:
-            await asyncio.wait(set(self._closing.values()), timeout=grace)
+        handles = list(self.streams.values())
+        self.streams.clear()
+        for handle in handles:
+            self._finishing(handle)
+            handle.pipeline.stop_by(deadline, "shutdown")
+        for handle in self._closing_handles.values():  # removed earlier and still finishing
+            handle.pipeline.stop_by(deadline, "shutdown")
+        await asyncio.gather(*(h.supervisor.stop(grace_s=_INGEST_STOP_S) for h in handles))
+        await self._wait_streams_done(deadline)
+        if self._background:  # shielded lease releases of cancelled streams, aborted ingests
+            await asyncio.wait(set(self._background), timeout=_RELEASE_S)
         if self.fleet is not None:
             await self.fleet.close()
-        for runner in self._runners:
-            await runner.cleanup()
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         self._runners.clear()
-        await self.engine.stop()
-        await self.sink.close(timeout=grace)
-        if self.evidence is not None:
-            await asyncio.to_thread(self.evidence.close)  # the streams' last events' files
+        # The streams are closed: what a thread still computes is not wanted. Threads finishing at
+        # once exit cleanly; one inside a long forward is left to the process exit.
+        await self.engine.stop(timeout=max(0.0, min(_ENGINE_STOP_S, deadline - time.monotonic())))
+        await self.sink.close(timeout=max(0.5, t0 + grace - time.monotonic()))
+        if self.evidence is not None:  # the streams' last events' files
+            await self.evidence.aclose(timeout=max(0.5, t0 + grace - time.monotonic()))
 
+    async def _wait_streams_done(self, deadline: float) -> None:
+        """Until every stopping stream has finished: each ends by itself by ``deadline`` (its
+        pipeline's budget) plus its release; one that does not is cancelled, which still ends
+        its incidents and releases its lease."""
+        tasks = set(self._closing.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()) + _RELEASE_S)
+        for task in pending:
+            log.error("%s did not finish within its grace; cancelling it", task.get_name())
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=_RELEASE_S)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("%s ended with %r", task.get_name(), task.exception())

@@ -457,6 +457,9 @@ class FleetConfig(_Section):
 
 class Config(_Section):
     worker_name: str | None = None
+    # How long a stop (SIGTERM, Ctrl-C, --duration) may take: in-flight work gets this less the
+    # alert sinks' share, then is abandoned, open incidents end and leases are released.
+    shutdown_grace_s: float = Field(10.0, gt=0, le=300)
     streams: list[StreamConfig] = Field(default_factory=list)
     ingest: IngestConfig = IngestConfig()
     faces: FacesConfig = FacesConfig()

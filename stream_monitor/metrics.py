@@ -37,6 +37,8 @@ ALERT_DROP_REASONS = ("overflow", "spool_error", "corrupt_spool", "shutdown", "s
 INFERENCE_ERROR_KINDS = ("oom", "error")
 # The face lane's also: one stream's tracking/windowing of a frame raised.
 FACE_ERROR_KINDS = (*INFERENCE_ERROR_KINDS, "tracking")
+# What stream_monitor_work_abandoned_total counts (see its help).
+WORK_KINDS = ("frame", "window", "close")
 
 
 class Metrics:
@@ -109,6 +111,14 @@ class Metrics:
         self.build_info = Info(p + "build", "The monitor's version, git commit (when known) and torch version.",
                                registry=r)
         self.build_info.info(build_labels())
+        self.work_abandoned = Counter(
+            p + "work_abandoned_total",
+            "Work given up before its result was used, by kind: frame (face detection of a stopping stream), "
+            "window (a detector window of a stopping stream, or one still unscored end_wait_s after its track "
+            "ended), close (a stream's final track closing that did not finish within the stop's grace).",
+            ["kind"], registry=r)
+        for kind in WORK_KINDS:
+            self.work_abandoned.labels(kind)
         # Every metric with a ``stream`` label: forget_stream removes their series of a deleted stream.
         self.per_stream: tuple[MetricWrapperBase, ...] = (
             self.frames_received, self.frames_analysed, self.frames_dropped, self.faces_detected, self.tracks_active,

@@ -29,9 +29,23 @@ A frame or window whose inference raised (not one shed under load) is logged and
 :attr:`StreamStats.inference_errors` with :attr:`StreamStats.last_inference_error` (the stream's
 status in the API); the engine counts it per lane in ``inference_errors_total``.
 
+Stopping is in budgets. ``stop_by(deadline, reason)`` gives the stream's remaining work until
+``deadline`` (``time.monotonic()``); ``close()`` (after ingest stopped) finishes in-flight
+frames, closes the tracks (their final windows) and waits for their end events — until that
+deadline, if any. Whatever is unfinished then is abandoned: queued frames and windows are
+cancelled (a forward already running on a worker thread cannot be interrupted; its result is
+ignored), counted in ``work_abandoned_total{kind}``, and every incident of the stream still
+open ends with the stop's reason (``shutdown``, ``stream_removed``; ``stream_ended`` when the
+source ran out). That last step runs even when ``close()`` is cancelled, so no ``start`` is
+left without its ``end``.
+
 ``abort()`` (the stream's fleet lease is lost) stops the stream's processing at once: frames
-still queued in the engine are cancelled, results that arrive anyway are ignored, and
-``close()`` then only ends the open incidents of its tracks (no final windows).
+and windows still queued in the engine are abandoned, results that arrive anyway are ignored,
+and ``close()`` then only ends the open incidents (reason ``lease_lost``; no final windows).
+
+Per-track state lives only as long as the track: a track's scores and pending windows go
+with its end, and its id stays in the set of ended tracks only until the callbacks of its
+last windows have run (windows still unscored ``end_wait_s`` after the end are abandoned).
 
 Evidence (``evidence``, an :class:`~stream_monitor.alerts.evidence.EvidenceStore`, when
 ``alerts.evidence_dir`` is set): a ``start`` or ``end`` event caused by a window gets the frame
@@ -43,12 +57,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .alerts.evidence import EvidenceStore
-from .alerts.policy import AlertEvent, AlertPolicy
+from .alerts.policy import AlertEvent, AlertPolicy, EndReason
 from .alerts.publisher import AlertSink
 from .inference.analysis import FrameAnalysis
 from .inference.batcher import Shed
@@ -120,6 +135,9 @@ class StreamPipeline:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._aborted = False
         self.closed = False
+        self._deadline: float | None = None  # time.monotonic() by which close() gives up (stop_by)
+        self._stop_reason: EndReason | None = None
+        self._deadline_moved = asyncio.Event()
         for detector in engine.runners:  # zero series, so a dashboard shows "none discarded", not "no data"
             for reason in GAP_REASONS:
                 metrics.windows_discarded.labels(detector, reason)
@@ -153,34 +171,86 @@ class StreamPipeline:
             self._spawn(self._close_tracks(forget=False))
 
     def abort(self) -> None:
-        """Stop processing now: cancel queued frames and windows, ignore whatever still arrives."""
-        self._aborted = True
-        for _, fut in self._inflight:
-            fut.cancel()  # the batcher skips cancelled requests when it forms a batch
-        for pending in self._pending_scores.values():
-            for fut in pending:
-                fut.cancel()
+        """Stop processing now: abandon queued frames and windows, ignore whatever still arrives."""
+        self._stop_reason = self._stop_reason or "lease_lost"
+        self._abandon()
+
+    def stop_by(self, deadline: float, reason: EndReason) -> None:
+        """The stream is stopping: :meth:`close` may use until ``deadline`` (``time.monotonic()``),
+        then abandons what is left; open incidents end with ``reason``. A later call can only
+        bring the deadline forward (a shutdown while a removal finishes); the first reason stays."""
+        self._stop_reason = self._stop_reason or reason
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+            self._deadline_moved.set()
 
     async def close(self) -> None:
-        """Stream stopped: finish in-flight frames, end all tracks, wait for their alerts.
-        After :meth:`abort`: end the tracks' open incidents only."""
+        """Stream stopped (ingest ended): finish in-flight frames, end all tracks, wait for their
+        alerts, within the :meth:`stop_by` deadline (none set: until done; each track's end waits
+        at most ``end_wait_s`` for its windows). Then abandon what is left and end every incident
+        still open, also when cancelled. After :meth:`abort`: only the last step."""
+        reason: EndReason = self._stop_reason or "stream_ended"
+        closing: asyncio.Future[FrameAnalysis] | None = None
         try:
-            if self._aborted:
-                ended = await self.engine.close_stream(self.stream_id, forget=True)
-                for track_id in ended.ended:
-                    self._ended.add(track_id)
-                    self._emit(self.policy.on_track_end(self.stream_id, track_id), self._last_window.pop(track_id, None))
-            else:
-                if self._inflight:
-                    await asyncio.wait({fut for _, fut in self._inflight})
+            if not self._aborted and await self._until_deadline({fut for _, fut in self._inflight}):
                 self._drain()
-                await self._close_tracks(forget=True)
-            while self._tasks:
-                await asyncio.wait(set(self._tasks))
+                closing = asyncio.ensure_future(self.engine.close_stream(self.stream_id, forget=True))
+                if await self._until_deadline({closing}):
+                    self._handle(closing.result(), None, reason)
+                while True:
+                    ending = {t for t in self._tasks if not t.done()}
+                    if not ending or not await self._until_deadline(ending):
+                        break
         finally:
-            self.policy.forget_stream(self.stream_id)
+            close_unfinished = closing is not None and not closing.done()
+            if closing is None:  # the engine forgets the stream (its tracks' final windows are not wanted)
+                closing = asyncio.ensure_future(self.engine.close_stream(self.stream_id, forget=True))
+            if not closing.done():
+                closing.add_done_callback(_quiet)  # the worker still runs it; the result is not wanted
+            if close_unfinished:
+                self.metrics.work_abandoned.labels("close").inc()
+            if not self._aborted:
+                gone = self._abandon()
+                gone["track closing"] = int(close_unfinished)
+                if any(gone.values()):
+                    log.warning("%s: stopping (%s): abandoned at the end of the grace: %s", self.stream_id, reason,
+                                ", ".join(f"{n} {what}" for what, n in gone.items() if n))
+            self._emit(self.policy.end_stream(self.stream_id, reason))
+            self._ended.clear()
+            self._scores.clear()
+            self._pending_scores.clear()
             self._last_window.clear()
             self.closed = True
+
+    def _abandon(self) -> dict[str, int]:
+        """Give up every frame and window still in the engine (counted) and the end-of-track
+        tasks; nothing that arrives afterwards is used. Returns how many of each were given up."""
+        self._aborted = True
+        frames = sum(1 for _, fut in self._inflight if fut.cancel())  # batches skip cancelled requests
+        windows = sum(1 for fut in list(self._unscored) if fut.cancel())
+        tasks = sum(1 for task in list(self._tasks) if task.cancel())
+        if frames:
+            self.metrics.work_abandoned.labels("frame").inc(frames)
+        if windows:
+            self.metrics.work_abandoned.labels("window").inc(windows)
+        return {"frames": frames, "windows": windows, "track ends": tasks}
+
+    async def _until_deadline(self, waiting: set[asyncio.Future[Any]]) -> bool:
+        """Wait until everything in ``waiting`` is done (True) or the stop deadline passes
+        (False). A deadline set or moved meanwhile (:meth:`stop_by`) applies at once."""
+        while True:
+            waiting = {f for f in waiting if not f.done()}
+            if not waiting:
+                return True
+            remaining = None if self._deadline is None else self._deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._deadline_moved.clear()
+            moved = asyncio.ensure_future(self._deadline_moved.wait())
+            try:
+                await asyncio.wait(waiting | {moved}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                moved.cancel()
 
     async def _close_tracks(self, forget: bool) -> None:
         self._handle(await self.engine.close_stream(self.stream_id, forget=forget))
@@ -226,9 +296,9 @@ class StreamPipeline:
                 "width": frame.size[0] if frame else None, "height": frame.size[1] if frame else None,
                 "threshold": cfg.threshold if own is None else own, "faces": faces}
 
-    def _handle(self, analysis: FrameAnalysis, frame: Frame | None = None) -> None:
+    def _handle(self, analysis: FrameAnalysis, frame: Frame | None = None, end_reason: EndReason = "track_ended") -> None:
         """``frame``: the frame analysed (None for the final analysis of closing tracks), in
-        which the clips that ``analysis`` completes end."""
+        which the clips that ``analysis`` completes end; ``end_reason``: of the tracks it ends."""
         if self._aborted:
             return
         m, sid = self.metrics, self.stream_id
@@ -249,7 +319,7 @@ class StreamPipeline:
             self._submit(clip, frame)
         for track_id in analysis.ended:
             pending = self._pending_scores.pop(track_id, set())
-            self._spawn(self._end_track(track_id, pending))
+            self._spawn(self._end_track(track_id, pending, end_reason))
 
     def _submit(self, clip: Clip, frame: Frame | None) -> None:
         fut = self.engine.score(clip, sheddable=not self.lossless)
@@ -290,14 +360,20 @@ class StreamPipeline:
         self.stats.inference_errors += 1
         self.stats.last_inference_error = f"{lane}: {exc!r}"
 
-    async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]]) -> None:
+    async def _end_track(self, track_id: int, pending: set[asyncio.Future[Any]], reason: EndReason) -> None:
         if pending:
             # A source that is not live is scored in full: its track ends once every window is
             # (a CPU may take far longer than end_wait_s per window). Stop bounds this wait.
             await asyncio.wait(pending, timeout=None if self.lossless else self.end_wait_s)
         self._ended.add(track_id)
         self._scores.pop(track_id, None)
-        self._emit(self.policy.on_track_end(self.stream_id, track_id), self._last_window.pop(track_id, None))
+        self._emit(self.policy.on_track_end(self.stream_id, track_id, reason), self._last_window.pop(track_id, None))
+        late = sum(1 for fut in pending if fut.cancel())  # their scores would be ignored: free the lane
+        if late:
+            self.metrics.work_abandoned.labels("window").inc(late)
+        # Every callback of the track's windows is queued by now (a result or a cancel queues it at
+        # once, in order); once they have run, nothing of the track can arrive any more.
+        asyncio.get_running_loop().call_soon(self._ended.discard, track_id)
 
     def _emit(self, events: list[AlertEvent], window: tuple[Frame | None, Clip] | None = None) -> None:
         for event in events:
@@ -312,3 +388,9 @@ class StreamPipeline:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _quiet(fut: "asyncio.Future[Any]") -> None:
+    """Retrieve an abandoned future's exception, so asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()

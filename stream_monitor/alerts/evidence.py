@@ -24,6 +24,7 @@ are deleted, then the oldest ones until the directory's evidence files total at 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
@@ -167,6 +168,15 @@ class EvidenceStore:
     def close(self) -> None:
         """Finish the queued writes (blocking: call it in a thread) and stop the worker."""
         self._pool.shutdown(wait=True)
+
+    async def aclose(self, timeout: float) -> None:
+        """Take no more writes and wait, on the event loop, up to ``timeout`` seconds for the
+        queued ones (at most :data:`MAX_PENDING` JPEGs): a stop keeps to its grace, and the
+        worker thread finishes what is left of them before the process exits."""
+        self._pool.shutdown(wait=False)
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     # ---------------------------------------------------------------- worker thread
 

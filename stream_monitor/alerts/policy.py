@@ -15,9 +15,12 @@ track, and not a new track of the same stream whose box overlaps where an incide
 that has since ended was last seen (IoU ≥ :data:`SAME_FACE_IOU` or centres within half a box
 side: the tracker lost the face for a moment and found it again under a new id). Such cooldown
 zones are kept per stream only while they can still cool something.
-One incident keeps one ``alert_id``; ``seq`` counts its events from 0. An ``end`` says why in
-``reason``: ``below_threshold`` (``end_after`` scores below), ``track_ended`` (the face is gone
-or the stream stopped), or — written by the fleet, not here — ``owner_lost``.
+One incident keeps one ``alert_id``; ``seq`` counts its events from 0. An ``end`` event says
+why in ``reason``: ``below_threshold`` (hysteresis), ``track_ended`` (the face left or the
+connection restarted), or what stopped the stream: ``stream_ended`` (its finite source ran
+out), ``stream_removed`` (deleted), ``shutdown`` (the worker stopped), ``lease_lost`` (the
+fleet took the stream away); and — written by the fleet, not here — ``owner_lost`` (a new
+owner ends the incidents its stale predecessor left open). See :data:`END_REASONS`.
 
 Calibration (``calibration``, a :class:`~stream_monitor.calibration.Calibration` from
 ``detectors.calibration``): each detector's raw probability is mapped to its calibrated
@@ -52,6 +55,9 @@ if TYPE_CHECKING:
 
 Fusion = Literal["mean", "max", "weighted"]
 SAME_FACE_IOU = 0.3
+EndReason = Literal["below_threshold", "track_ended", "stream_ended", "stream_removed", "shutdown", "lease_lost"]
+END_REASONS: tuple[EndReason, ...] = ("below_threshold", "track_ended", "stream_ended", "stream_removed", "shutdown",
+                                      "lease_lost")
 
 
 @dataclass(frozen=True)
@@ -218,16 +224,27 @@ class AlertPolicy:
             return [self._end(state, fused, "below_threshold")]
         return [self._event(state, "update", fused)]
 
-    def on_track_end(self, stream_id: str, track_id: int) -> list[AlertEvent]:
-        """The track is gone: end its open incident, if any, and forget it."""
+    def on_track_end(self, stream_id: str, track_id: int, reason: EndReason = "track_ended") -> list[AlertEvent]:
+        """The track is gone: end its open incident, if any (with ``reason``), and forget it."""
         state = self._tracks.pop((stream_id, track_id), None)
         if state is None:
             return []
-        events = [] if state.alert_id is None else [
-            self._end(state, self.assess(state.latest, stream_id), "track_ended")]
+        events = [] if state.alert_id is None else [self._end(state, self.assess(state.latest, stream_id), reason)]
         if state.last_end_pts is not None and state.last is not None:
             zones = [z for z in self._zones.get(stream_id, ()) if self._cooling(z.end_pts, state.last.end_pts)]
             self._zones[stream_id] = zones + [_Zone(state.last.bbox, state.last_end_pts)]
+        return events
+
+    def end_stream(self, stream_id: str, reason: EndReason) -> list[AlertEvent]:
+        """The stream stops now: the ``end`` events of every incident of it still open (in track
+        order), and the stream is forgotten. What a stop calls last, so no ``start`` is left
+        without its ``end`` even when the tracks' own ends could not be waited for."""
+        events = []
+        for key in sorted(k for k in self._tracks if k[0] == stream_id):
+            state = self._tracks[key]
+            if state.alert_id is not None:
+                events.append(self._end(state, self.assess(state.latest, stream_id), reason))
+        self.forget_stream(stream_id)
         return events
 
     def forget_stream(self, stream_id: str) -> None:
@@ -242,7 +259,7 @@ class AlertPolicy:
         # and a new session's faces are not held back by the last one's.
         return ended_pts is not None and 0.0 <= now_pts - ended_pts < self.config.cooldown_s
 
-    def _end(self, state: _TrackState, fused: Assessment, reason: str) -> AlertEvent:
+    def _end(self, state: _TrackState, fused: Assessment, reason: EndReason) -> AlertEvent:
         event = self._event(state, "end", fused)
         event.payload["reason"] = reason
         state.alert_id, state.over, state.under = None, 0, 0

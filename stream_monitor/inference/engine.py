@@ -291,12 +291,24 @@ class Engine:
                        on_batch=lambda n, s: self._observe(detector, n, s), on_shed=shed,
                        on_error=self._error_counter(detector))
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Fail what waits in the lanes and end the worker threads, waiting at most ``timeout``
+        seconds for them all. A thread inside a forward finishes it first (a torch call cannot
+        be interrupted); one still busy at the timeout is left behind: it is a daemon, so it
+        does not hold the process. Waits on the loop, not in an executor thread, which
+        ``asyncio.run`` would join at exit."""
         for lane in [self._faces, *self._lanes.values()]:
             if lane is not None:
                 lane.fail_pending("engine stopping")
-        for worker in [self.worker, *self._workers.values()]:
-            await asyncio.to_thread(worker.stop)
+        workers = [self.worker, *self._workers.values()]
+        for worker in workers:
+            worker.request_stop()
+        deadline = time.monotonic() + timeout
+        while any(w.alive for w in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        busy = [w.name for w in workers if w.alive]
+        if busy:
+            log.warning("engine stopped; %s still inside a forward (abandoned)", ", ".join(busy))
 
     def _observe(self, lane: str, n: int, seconds: float) -> None:
         self.metrics.inference_batch_size.labels(lane).observe(n)

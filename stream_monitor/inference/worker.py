@@ -60,10 +60,24 @@ class InferenceWorker:
     def queued(self) -> int:
         return self._jobs.qsize()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the queued jobs, then end the thread (waits at most ``timeout`` seconds)."""
+    @property
+    def name(self) -> str:
+        return self._thread.name
+
+    @property
+    def alive(self) -> bool:
+        """The thread is running (a job, or waiting for one)."""
+        return self._thread.is_alive()
+
+    def request_stop(self) -> None:
+        """End the thread after the jobs already queued; returns at once."""
         if self._started:
             self._jobs.put(_STOP)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the queued jobs, then end the thread (waits at most ``timeout`` seconds)."""
+        self.request_stop()
+        if self._started:
             self._thread.join(timeout)
 
     def _run(self) -> None:

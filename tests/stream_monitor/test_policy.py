@@ -67,7 +67,31 @@ def test_track_end_closes_the_incident_and_tracks_are_separate() -> None:
     assert policy.active_incidents() == 1
     ended = policy.on_track_end("cam1", 1)
     assert [e.event for e in ended] == ["end"] and ended[0].payload["alert_id"] == a[0].payload["alert_id"]
+    assert ended[0].payload["reason"] == "track_ended" and set(ended[0].payload) == SCHEMA_KEYS | {"reason"}
     assert policy.on_track_end("cam1", 2) == [] and policy.active_incidents() == 0
+
+
+def test_end_events_say_why() -> None:
+    policy = _policy(start_after=1, end_after=1)
+    policy.on_score(_score(0.9, 1.0, track=1))
+    (low,) = policy.on_score(_score(0.1, 2.0, track=1))
+    assert low.event == "end" and low.payload["reason"] == "below_threshold"
+    policy.on_score(_score(0.9, 9.0, track=2))
+    (gone,) = policy.on_track_end("cam1", 2, reason="stream_removed")
+    assert gone.payload["reason"] == "stream_removed"
+
+
+def test_end_stream_ends_every_open_incident_of_that_stream_only() -> None:
+    policy = _policy(start_after=1)
+    opened = [policy.on_score(_score(0.9, 1.0, track=t))[0] for t in (3, 1)]
+    policy.on_score(_score(0.2, 1.0, track=2))  # scored, no incident
+    other = policy.on_score(Score("cam2", 1, "sta", 0.9, 0.0, 1.0, 8, 0.0, (0.0, 0.0, 1.0, 1.0)))
+    ended = policy.end_stream("cam1", "shutdown")
+    assert [(e.event, e.payload["track_id"], e.payload["reason"]) for e in ended] == \
+        [("end", 1, "shutdown"), ("end", 3, "shutdown")]
+    assert {e.payload["alert_id"] for e in ended} == {e.payload["alert_id"] for e in opened}
+    assert policy.active_incidents() == 1 and policy.end_stream("cam1", "shutdown") == []
+    assert [e.payload["alert_id"] for e in policy.end_stream("cam2", "shutdown")] == [other[0].payload["alert_id"]]
 
 
 def test_threshold_zero_always_alerts() -> None:
@@ -93,7 +117,7 @@ def test_payload_schema() -> None:
     assert ev.last_arrival == 5002.0
 
 
-def test_end_events_say_why() -> None:
+def test_end_events_say_why_by_default() -> None:
     policy = _policy(start_after=1, end_after=1)
     (low,) = [e for e in (policy.on_score(_score(0.9, 1.0)) + policy.on_score(_score(0.1, 2.0))) if e.event == "end"]
     assert low.payload["reason"] == "below_threshold" and set(low.payload) == SCHEMA_KEYS | {"reason"}

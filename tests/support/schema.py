@@ -7,8 +7,10 @@ from typing import Any
 SCHEMA: dict[str, Any] = {"alert_id": str, "event": str, "seq": int, "stream_id": str, "track_id": int, "score": float,
           "threshold": float, "detectors": dict, "window": dict, "bbox": list, "calibrated": bool, "models": dict,
           "emitted_at": str, "worker": str, "evidence": (dict, type(None)), "lease_epoch": (int, type(None))}
-# Added to every ``end`` event.
-END_REASONS = ("below_threshold", "track_ended", "owner_lost")
+# Why an incident ended: on ``end`` events only (stream_monitor.alerts.policy.END_REASONS, and the
+# fleet's owner_lost).
+END_REASONS = ("below_threshold", "track_ended", "stream_ended", "stream_removed", "shutdown", "lease_lost",
+               "owner_lost")
 # Added to every event when a calibration file (detectors.calibration) is applied.
 CALIBRATED = {"fpr": float, "raw": dict}
 
