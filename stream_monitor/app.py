@@ -311,7 +311,10 @@ class Monitor:
         self._background.add(stopping)  # the loop keeps only weak references to tasks
         stopping.add_done_callback(self._background.discard)
 
-    def _finishing(self, handle: StreamHandle) -> None:
+    def _finishing(self, handle: StreamHandle, forget_metrics: bool = True) -> None:
+        """``handle`` is stopping: its id is busy until its task is done; then its per-stream
+        series go too (``forget_metrics``: a removed stream's; a stopping service keeps its
+        streams' final figures for the last scrape and whoever reads them after ``stop()``)."""
         self._closing[handle.id] = handle.task
         self._closing_handles[handle.id] = handle
 
@@ -319,7 +322,7 @@ class Monitor:
             if self._closing.get(handle.id) is task:
                 del self._closing[handle.id]
                 del self._closing_handles[handle.id]
-            if handle.id not in self.streams:
+            if forget_metrics and handle.id not in self.streams:
                 self.metrics.forget_stream(handle.id)
 
         handle.task.add_done_callback(closed)
@@ -355,7 +358,7 @@ class Monitor:
         handles = list(self.streams.values())
         self.streams.clear()
         for handle in handles:
-            self._finishing(handle)
+            self._finishing(handle, forget_metrics=False)
             handle.pipeline.stop_by(deadline, "shutdown")
         for handle in self._closing_handles.values():  # removed earlier and still finishing
             handle.pipeline.stop_by(deadline, "shutdown")

@@ -51,9 +51,10 @@ def _alerts(url: str) -> list[dict[str, Any]]:
         client.close()
 
 
-def _check_every_start_ended(alerts: list[dict[str, Any]], reason: str) -> None:
+def _check_every_start_ended(alerts: list[dict[str, Any]], reason: str, fenced: bool = False) -> None:
     """Every incident has its ``end``; those still open at the stop (at least one) say ``reason``,
-    the others ended as tracks do (the RTSP file mount restarts: its tracks end)."""
+    the others ended as tracks do (the RTSP file mount restarts: its tracks end). ``fenced``:
+    the stream held a fleet lease (its events carry ``lease_epoch``)."""
     starts = {a["alert_id"] for a in alerts if a["event"] == "start"}
     ends = {a["alert_id"]: a for a in alerts if a["event"] == "end"}
     assert starts, "the test needs incidents that started"
@@ -61,7 +62,7 @@ def _check_every_start_ended(alerts: list[dict[str, Any]], reason: str) -> None:
     reasons = [ends[i]["reason"] for i in starts]
     assert reason in reasons and set(reasons) <= {reason, "track_ended", "below_threshold"}, reasons
     for a in alerts:
-        check_schema(a)
+        check_schema(a, fenced=fenced)
 
 
 def test_stop_while_a_forward_is_stuck_ends_every_incident_within_the_grace(
@@ -112,7 +113,8 @@ def test_fleet_delete_while_busy_releases_the_lease_and_the_id_can_be_added_agai
                         assert resp.status == 201, await resp.text()
                     await until(lambda: slow.blocked.is_set() and monitor.policy is not None
                                 and monitor.policy.active_incidents() > 0, 60, "an incident open and a stuck forward")
-                    assert client.get("deepfake:lease:cam") == b"wa"
+                    # The lease holds "<epoch>:<worker>" (fleet.py: fenced leases).
+                    assert client.get("deepfake:lease:cam") == b"1:wa"
                     async with http.delete("/streams/cam") as resp:
                         assert resp.status == 204, await resp.text()
                     assert client.get("deepfake:lease:cam") is None, "DELETE returned with the lease still held"
@@ -120,7 +122,7 @@ def test_fleet_delete_while_busy_releases_the_lease_and_the_id_can_be_added_agai
                     assert client.get("deepfake:lease:cam") is None
                     async with http.post("/streams", json={"id": "cam", "url": source}) as resp:
                         assert resp.status == 201, await resp.text()
-                    await until(lambda: client.get("deepfake:lease:cam") == b"wa", 30, "cam claimed again")
+                    await until(lambda: client.get("deepfake:lease:cam") == b"2:wa", 30, "cam claimed again")
             finally:
                 slow.release.set()
                 await monitor.stop(grace=2.0)
@@ -160,7 +162,7 @@ def test_sigterm_under_load_exits_within_the_grace_and_releases_leases(
 
         wait_until(busy, 120, "an incident started and a stuck forward")
         leases = [k for k in client.scan_iter("deepfake:lease:*")]
-        assert leases and all(client.get(k) == b"wproc" for k in leases)
+        assert leases and all(client.get(k).split(b":", 1)[-1] == b"wproc" for k in leases)  # "<epoch>:<worker>"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -177,7 +179,7 @@ def test_sigterm_under_load_exits_within_the_grace_and_releases_leases(
     assert elapsed < grace + MARGIN_S, f"exited {elapsed:.1f}s after SIGTERM"
     assert list(client.scan_iter("deepfake:lease:*")) == [], "a lease outlived the worker"
     assert client.zcard("deepfake:workers") == 0
-    _check_every_start_ended(_alerts(redis_server.url), "shutdown")
+    _check_every_start_ended(_alerts(redis_server.url), "shutdown", fenced=True)
     client.close()
 
 
