@@ -1,6 +1,9 @@
 """The Monitor: the boot order as readable code, and the streams it runs.
 
-Start: metrics → HTTP servers (API, metrics: they answer while the models load, ``/readyz``
+It knows nothing of HTTP: :class:`stream_monitor.service.Service` puts the API and metrics
+listeners in front of it (imports point one way: service → api → app → fleet, pipeline, ...).
+
+Start: metrics → (the service's HTTP servers: they answer while the models load, ``/readyz``
 503 ``starting``; changes get 503, :mod:`.api.starting`) → models (engine.load, in a thread:
 may raise ``WeightsError``) → worker → alert sinks → streams (with ``fleet.enabled``: the fleet,
 which adds the configured streams to Redis's desired set and claims streams from it).
@@ -9,7 +12,7 @@ stream's ingest stops at once, all streams together → their in-flight frames a
 what is left of the grace (final windows, tracks' end events) → what is unfinished then is
 abandoned (``work_abandoned_total{kind}``), every incident still open ends (reason
 ``shutdown``) and each lease is released, in a ``finally`` that a cancellation does not skip
-→ the fleet leaves → HTTP → worker threads (not waited for past the budget: a forward cannot
+→ the fleet leaves → (the service's HTTP servers) → worker threads (not waited for past the budget: a forward cannot
 be interrupted) → sinks (the end events delivered within the rest of the grace).
 """
 
@@ -17,21 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
-
-from aiohttp import web
 
 from .alerts.evidence import EvidenceStore
 from .alerts.policy import AlertPolicy, PolicyConfig
 from .alerts.publisher import (AlertSink, Broadcast, FanOut, JsonLinesSink, RecentAlerts, RedisPublisher,
                                redis_publishers)
-from .config import Config, StreamSettings
-from .errors import StreamMonitorError
+from .config import Config, StreamSettings, worker_name
+from .errors import StreamExists, UnknownStream
 from .fleet import Fleet
 from .inference.engine import Engine
 from .ingest.base import Source
@@ -44,7 +43,6 @@ from .retry import Backoff
 
 log = logging.getLogger(__name__)
 
-_HTTP_SHUTDOWN_S = 3.0
 # How long a stopping stream's ingest may take to hand back its last frame (supervisor.stop
 # cancels it after this): ingest stops at once, the frame in hand is not worth the wait.
 _INGEST_STOP_S = 0.5
@@ -56,14 +54,6 @@ _ENGINE_STOP_S = 1.0
 # The part of the grace kept for delivering the end events (the sinks drain then).
 _SINK_SHARE = 0.25
 _SINK_MAX_S = 3.0
-
-
-class StreamExists(StreamMonitorError):
-    """A stream with that id is already running."""
-
-
-class UnknownStream(StreamMonitorError):
-    """No stream with that id."""
 
 
 @dataclass
@@ -87,10 +77,6 @@ class StreamHandle:
             "windows": stats.windows, "alerts": stats.alerts, "last_scores": dict(stats.last_scores),
             "inference_errors": stats.inference_errors, "last_inference_error": stats.last_inference_error,
         }
-
-
-def worker_name(cfg: Config) -> str:
-    return cfg.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def build_sink(cfg: Config, metrics: Metrics) -> AlertSink:
@@ -132,9 +118,9 @@ class Monitor:
         self.streams: dict[str, StreamHandle] = {}
         self.started_at = time.time()
         self.ready = False
-        self._runners: list[web.AppRunner] = []
-        self.api_port: int | None = None
-        self.metrics_port: int | None = None
+        # Where this worker's API answers (http://host:port), set by the service that serves it
+        # (stream_monitor.service); the fleet advertises it.
+        self.api_url: str | None = None
         # Streams stopped but still finishing (final windows): an id is not reused until done.
         self._closing: dict[str, asyncio.Task[None]] = {}
         self._closing_handles: dict[str, StreamHandle] = {}
@@ -148,7 +134,6 @@ class Monitor:
         self.predict_guard: SourceGuard = predict_guard(cfg)
 
     async def start(self) -> None:
-        await self._start_http()  # first: a supervisor sees the process answer while models load
         await asyncio.to_thread(self.engine.load)
         await self.engine.start()
         self.policy = AlertPolicy(PolicyConfig.from_config(self.cfg.alerts, self.engine.model_ids,
@@ -160,36 +145,6 @@ class Monitor:
             for s in self.cfg.streams:
                 await self.add_stream(s.id, s.url, trusted=True, settings=s.settings())
         self.ready = True
-
-    async def _start_http(self) -> None:
-        from .api import build_api, build_metrics_app
-
-        if self.cfg.api.port is not None:
-            self.api_port = await self._serve(build_api(self), self.cfg.api.host, self.cfg.api.port)
-            log.info("API on http://%s:%d", self.cfg.api.host, self.api_port)
-        if self.cfg.metrics.port is not None:
-            self.metrics_port = await self._serve(build_metrics_app(self), self.cfg.metrics.host, self.cfg.metrics.port)
-            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
-
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        """Serve ``app`` on ``host``:``port`` within the ``api`` connection limits (header and
-        keep-alive timeouts, connection count: :mod:`.api.server`); the bound port. Raises
-        ``StreamMonitorError`` naming the address when it cannot be bound (in use, not local)."""
-        from .api.server import ConnectionLimits, GuardedSite
-
-        api = self.cfg.api
-        # Idle keep-alive clients (browsers, scrapers) must not hold shutdown for aiohttp's
-        # default 60 s: in-flight requests get this long, then connections are closed.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_HTTP_SHUTDOWN_S,
-                               keepalive_timeout=api.keepalive_timeout_s)
-        await runner.setup()
-        self._runners.append(runner)  # stop() cleans it up even if binding fails
-        site = GuardedSite(runner, host, port, ConnectionLimits(api.header_timeout_s, api.max_connections))
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StreamMonitorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        return site.port
 
     def stream_count(self) -> int:
         """Streams holding resources here: running (whatever started them: configuration, API,
@@ -368,14 +323,17 @@ class Monitor:
             await asyncio.wait(set(self._background), timeout=_RELEASE_S)
         if self.fleet is not None:
             await self.fleet.close()
-        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
-        self._runners.clear()
+        await self._close_listeners()
         # The streams are closed: what a thread still computes is not wanted. Threads finishing at
         # once exit cleanly; one inside a long forward is left to the process exit.
         await self.engine.stop(timeout=max(0.0, min(_ENGINE_STOP_S, deadline - time.monotonic())))
         await self.sink.close(timeout=max(0.5, t0 + grace - time.monotonic()))
         if self.evidence is not None:  # the streams' last events' files
             await self.evidence.aclose(timeout=max(0.5, t0 + grace - time.monotonic()))
+
+    async def _close_listeners(self) -> None:
+        """Where the stop closes the listeners in front of the Monitor: none here (the HTTP
+        service, :class:`stream_monitor.service.Service`, closes its servers)."""
 
     async def _wait_streams_done(self, deadline: float) -> None:
         """Until every stopping stream has finished: each ends by itself by ``deadline`` (its

@@ -174,9 +174,9 @@ def _summary(handles: list[Any]) -> str:
 
 async def _run_monitor(cfg: Config, duration: Optional[float], until_streams_end: bool,
                        summary: bool = False) -> int:
-    from .app import Monitor
+    from .service import Service
 
-    monitor = Monitor(cfg)
+    monitor = Service(cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
@@ -516,6 +517,12 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     for k, v in patch.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def worker_name(cfg: Config) -> str:
+    """This process's name in alerts, the fleet and spool files: ``worker_name``, else
+    ``host:pid``."""
+    return cfg.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,

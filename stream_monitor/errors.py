@@ -23,3 +23,11 @@ class SourceRefused(SourceError):
     """A source URL or path is not allowed by the configured policy (``api.source_hosts``,
     ``api.source_roots``, ...). The message names the setting and never whether a host
     answered or a file exists."""
+
+
+class StreamExists(StreamMonitorError):
+    """A stream with that id is already running (here, or in a fleet on another worker)."""
+
+
+class UnknownStream(StreamMonitorError):
+    """No stream with that id."""

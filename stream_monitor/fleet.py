@@ -65,7 +65,7 @@ from redis.exceptions import RedisError
 
 from .alerts.policy import AlertEvent, iso_time
 from .config import Config
-from .errors import SourceRefused, StreamMonitorError
+from .errors import SourceRefused, StreamExists, StreamMonitorError, UnknownStream
 from .ingest.urls import redact
 from .redis_client import redis_client
 
@@ -425,10 +425,9 @@ class Fleet:
     async def claim_local(self, stream_id: str) -> None:
         """Lease ``stream_id`` for a stream that only this worker can run (a WHIP publisher).
 
-        Raises :class:`~stream_monitor.app.StreamExists` when the id is a desired stream's or
+        Raises :class:`~stream_monitor.errors.StreamExists` when the id is a desired stream's or
         another worker holds it, :class:`FleetUnavailable` when Redis cannot be reached.
         """
-        from .app import StreamExists
 
         sent = time.monotonic()
         try:
@@ -540,7 +539,6 @@ class Fleet:
             self.monitor.sink.publish(AlertEvent(payload, time.time()))
 
     async def _stop_local(self, stream_id: str) -> None:
-        from .app import UnknownStream
 
         try:
             await self.monitor.remove_stream(stream_id)
@@ -569,7 +567,6 @@ class Fleet:
         """Add a desired stream; one worker will claim it. Raises ``StreamExists``, and
         :class:`FleetFull` when the desired set already holds ``max_desired`` streams
         (checked in the same script as the addition, so concurrent adds cannot overshoot)."""
-        from .app import StreamExists
 
         limit = [] if max_desired is None else [max_desired]
         got = await self._call(self._s_add(keys=[self.streams_key, self.lease_key(stream_id)],
@@ -587,7 +584,6 @@ class Fleet:
         """Remove a stream from the fleet. True when it stopped here (or ran nowhere);
         False when its owner is another worker, which stops it within a tick. Raises
         ``UnknownStream``."""
-        from .app import UnknownStream
 
         removed = await self._call(self._redis().hdel(self.streams_key, stream_id))
         lease = self._leases.get(stream_id)
@@ -654,5 +650,4 @@ class Fleet:
     def _api_url(self) -> str | None:
         if self.cfg.advertise_url:
             return self.cfg.advertise_url
-        port = self.monitor.api_port
-        return f"http://{self.monitor.cfg.api.host}:{port}" if port is not None else None
+        return self.monitor.api_url

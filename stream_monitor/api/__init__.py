@@ -21,6 +21,7 @@ from .auth import auth_middleware, json_errors
 from .health import add_health_routes
 from .history import add_history_routes
 from .hosts import host_middleware
+from .keys import MONITOR
 from .openapi import add_openapi_route
 from .predict import add_predict_routes
 from .starting import starting_guard
@@ -31,7 +32,6 @@ from .whip import add_whip_routes
 if TYPE_CHECKING:
     from ..app import Monitor
 
-MONITOR = web.AppKey("monitor", object)
 
 
 def build_api(monitor: "Monitor") -> web.Application:

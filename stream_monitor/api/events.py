@@ -43,7 +43,9 @@ from ..alerts.publisher import Broadcast
 from ..alerts.tail import EpochFence
 from ..redis_client import redis_client
 from ..retry import Backoff
+from ..config import worker_name
 from .limits import Slots, within
+from .keys import MONITOR
 
 if TYPE_CHECKING:
     from ..app import Monitor
@@ -225,8 +227,6 @@ def _sse(name: str, data: dict[str, Any]) -> bytes:
 
 
 def add_event_routes(app: web.Application) -> None:
-    from . import MONITOR
-    from ..app import worker_name
 
     monitor = cast("Monitor", app[MONITOR])
     hub = AlertHub(alert_feed(monitor))

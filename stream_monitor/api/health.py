@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..metrics import CONTENT_TYPE
+from .keys import MONITOR
 
 
 def add_health_routes(app: web.Application, metrics_only: bool = False) -> None:
-    from . import MONITOR
 
     async def healthcheck(request: web.Request) -> web.Response:
         return web.json_response({"healthy": True})

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from ..redis_client import redis_client
 from .auth import error
 from .streams import is_stream_id
+from .keys import MONITOR
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -128,7 +129,6 @@ async def redis_history(client: "aioredis.Redis", key: str, stream: str | None, 
 
 
 def add_history_routes(app: web.Application) -> None:
-    from . import MONITOR
 
     monitor = cast("Monitor", app[MONITOR])
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ..errors import StreamMonitorError
 from .auth import error
+from .keys import MONITOR
 
 if TYPE_CHECKING:
     from ..app import Monitor
@@ -101,7 +102,6 @@ STREAM_CAP = web.AppKey("stream_cap", StreamCap)
 def stream_cap(app: web.Application) -> StreamCap:
     """The app's one :class:`StreamCap`, made by whichever route group asks first (at setup,
     before the app is frozen): ``/streams`` and ``/whip`` share it."""
-    from . import MONITOR
 
     if STREAM_CAP not in app:
         monitor = cast("Monitor", app[MONITOR])

@@ -18,10 +18,10 @@ from ..errors import SourceError, SourceRefused
 from ..predict import predict_video
 from .auth import error
 from .streams import check_source, read_json_object
+from .keys import MONITOR
 
 
 def add_predict_routes(app: web.Application) -> None:
-    from . import MONITOR
 
     async def predict(request: web.Request) -> web.Response:
         monitor: Any = request.app[MONITOR]

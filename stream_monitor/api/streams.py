@@ -29,7 +29,7 @@ from typing import Any, TypeGuard
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..app import StreamExists, UnknownStream
+from ..errors import StreamExists, UnknownStream
 from ..config import StreamSettings
 from ..errors import SourceError, SourceRefused
 from ..fleet import FleetFull, FleetUnavailable
@@ -37,6 +37,7 @@ from ..ingest.base import check_url
 from ..ingest.policy import SourceGuard
 from .auth import error
 from .limits import AtLimit, refused, stream_cap
+from .keys import MONITOR
 
 # Always with fullmatch: re.match with "$" would take a trailing newline ("nl\n").
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -112,7 +113,6 @@ async def check_source(url: str, guard: SourceGuard) -> web.Response | None:
 
 
 def add_stream_routes(app: web.Application) -> None:
-    from . import MONITOR
 
     cap = stream_cap(app)
 

@@ -31,6 +31,7 @@ from ..types import Frame
 from .auth import error
 from .events import CLOSING, add_event_routes
 from .limits import Slots, within
+from .keys import MONITOR
 
 if TYPE_CHECKING:
     from ..app import Monitor, StreamHandle
@@ -92,7 +93,6 @@ def _part(jpeg: bytes) -> bytes:
 
 def add_ui_routes(app: web.Application) -> None:
     """The page, its static files, the MJPEG feed and ``/events``."""
-    from . import MONITOR
 
     monitor = cast("Monitor", app[MONITOR])
     slots = Slots(monitor.cfg.api.max_mjpeg_clients, "live.mjpeg feeds (api.max_mjpeg_clients)")

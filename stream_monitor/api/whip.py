@@ -39,13 +39,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ..app import StreamExists
+from ..errors import StreamExists
 from ..fleet import FleetUnavailable
 from ..ingest.sdp import BadOffer
 from .auth import error
 from .limits import AtLimit, refused, stream_cap
 from .streams import is_stream_id
 from .whip_sessions import AtCapacity, WhipSessions
+from .keys import MONITOR
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ SESSION_METHODS = "GET, HEAD, OPTIONS, DELETE"
 
 def add_whip_routes(app: web.Application) -> None:
     """Add the WHIP routes; the sessions are ended when the app shuts down (``Monitor.stop``)."""
-    from . import MONITOR
 
     monitor: Any = app[MONITOR]
     sessions = WhipSessions(monitor, monitor.cfg.webrtc)

@@ -42,7 +42,7 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ..app import StreamExists
+from ..errors import StreamExists
 from ..config import WebRtcConfig
 from ..errors import SourceError, StreamMonitorError
 from ..ingest.sdp import BadOffer, check_offer, filter_candidates

@@ -22,7 +22,6 @@ No Docker engine or Kubernetes cluster runs here, so:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import Config, ConfigError, load_config
 from stream_monitor.host_allowlist import HostAllowList
 from stream_monitor.metrics import Metrics
@@ -773,7 +772,7 @@ def test_k8s_worker_semantics(k8s: dict[tuple[str, str], dict[str, Any]], docker
     # fit in terminationGracePeriodSeconds.
     pre_stop = container["lifecycle"]["preStop"]
     delay = int(pre_stop["exec"]["command"][-1]) if "exec" in pre_stop else int(pre_stop["sleep"]["seconds"])
-    stop_grace = inspect.signature(Monitor.stop).parameters["grace"].default
+    stop_grace = Config.model_fields["shutdown_grace_s"].default
     assert pod["terminationGracePeriodSeconds"] >= delay + 2 * stop_grace + 5
 
     # Non-root, as in the image.
@@ -966,7 +965,7 @@ def test_probes_against_a_real_monitor(k8s: dict[tuple[str, str], dict[str, Any]
         overrides = small_config(detectors={"enabled": ["caddm"]},
                                  api={"port": 0, "token": TOKEN, "allowed_hosts": allowed_hosts},
                                  metrics={"port": 0}, alerts={"stdout": False})
-        monitor = Monitor(load_config(overrides=overrides, environ={}))
+        monitor = Service(load_config(overrides=overrides, environ={}))
         await monitor.start()
         base_env = {k: v for k, v in os.environ.items() if k != "STREAM_MONITOR_API_TOKEN"}
         with_token = {**base_env, "STREAM_MONITOR_API_TOKEN": TOKEN}

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import load_config
 from stream_monitor.metrics import Metrics
 from tests.support.servers import RedisServer, free_port, stop_process, unavailable, wait_until
@@ -328,7 +328,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path: Pat
     cfg = load_config(overrides=overrides, environ={})
 
     async def main() -> dict[str, Any]:
-        monitor = Monitor(cfg)
+        monitor = Service(cfg)
         await monitor.start()
         prom: Prometheus | None = None
         try:

@@ -38,7 +38,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 from stream_monitor.alerts.policy import AlertEvent
 from stream_monitor.alerts.publisher import RedisPublisher
 from stream_monitor.alerts.tail import tail
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.ingest.urls import redact
 from stream_monitor.listen_policy import is_loopback, token_weakness
@@ -232,7 +232,7 @@ def test_the_monitor_works_as_the_acl_user(acl_redis: AclRedis, tmp_path: Path) 
             fleet={"enabled": True, "capacity": 2, "lease_ttl_s": 1.5, "tick_s": 0.25,
                    "journal": str(tmp_path / "journal.jsonl")},
             streams=[{"id": "from-config", "url": "synthetic:astronaut?fps=5&size=240x180"}])
-        monitor = Monitor(load_config(overrides=overrides, environ={}))
+        monitor = Service(load_config(overrides=overrides, environ={}))
         await monitor.start()
         headers = {"Authorization": f"Bearer {STRONG}"}
         base = f"http://127.0.0.1:{monitor.api_port}"
@@ -459,7 +459,7 @@ def test_rediss_with_the_acl(tmp_path: Path) -> None:
                 api={"port": 0}, alerts={"stdout": False}, redis={"url": url},
                 fleet={"enabled": True, "capacity": 1, "lease_ttl_s": 1.5, "tick_s": 0.25},
                 streams=[{"id": "cam", "url": "synthetic:?fps=5"}])
-            monitor = Monitor(load_config(overrides=overrides, environ={}))
+            monitor = Service(load_config(overrides=overrides, environ={}))
             await monitor.start()
             publisher = RedisPublisher(url)
             try:

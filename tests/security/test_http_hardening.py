@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from stream_monitor.api.auth import QUERY_TOKEN_ROUTES
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.host_allowlist import HostAllowList, parse_entry, split_host
 from stream_monitor.ingest.urls import is_secret_param, redact
@@ -35,8 +35,8 @@ def _config(**api: Any) -> Any:
     return load_config(overrides=overrides, environ={})
 
 
-async def _started(**api: Any) -> Monitor:
-    monitor = Monitor(_config(**api))
+async def _started(**api: Any) -> Service:
+    monitor = Service(_config(**api))
     await monitor.start()
     return monitor
 
@@ -45,7 +45,7 @@ class Client:
     """aiohttp against one monitor: ``status``/``call`` on the API, ``raw`` for bytes aiohttp
     would not send (no Host, non-ASCII header values)."""
 
-    def __init__(self, session: aiohttp.ClientSession, monitor: Monitor) -> None:
+    def __init__(self, session: aiohttp.ClientSession, monitor: Service) -> None:
         self.s, self.monitor = session, monitor
         self.api = f"http://127.0.0.1:{monitor.api_port}"
         self.metrics = f"http://127.0.0.1:{monitor.metrics_port}"
@@ -225,7 +225,7 @@ def test_non_ascii_configured_token(run: Any) -> None:
     async def main() -> None:
         overrides = small_config(detectors={"enabled": ["caddm"]}, api={"port": 0, "token": "caf\u00e9-token"},
                                  alerts={"stdout": False})
-        monitor = Monitor(load_config(overrides=overrides, environ={}))
+        monitor = Service(load_config(overrides=overrides, environ={}))
         await monitor.start()
         try:
             async with aiohttp.ClientSession() as s:

@@ -34,7 +34,7 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import IngestConfig, load_config
 from stream_monitor.errors import SourceError
 from stream_monitor.ingest.av_reader import check_frame_size
@@ -67,13 +67,13 @@ def config(**sections: Any) -> dict[str, Any]:
         faces={"min_size": 20}, alerts=alerts, api=api, **sections)
 
 
-async def start(overrides: dict[str, Any]) -> Monitor:
-    monitor = Monitor(load_config(overrides=overrides, environ={}))
+async def start(overrides: dict[str, Any]) -> Service:
+    monitor = Service(load_config(overrides=overrides, environ={}))
     await monitor.start()
     return monitor
 
 
-def base(monitor: Monitor) -> str:
+def base(monitor: Service) -> str:
     return f"http://127.0.0.1:{monitor.api_port}"
 
 

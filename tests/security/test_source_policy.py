@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import redis
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import ConfigError, IngestConfig, load_config
 from stream_monitor.errors import SourceError, SourceRefused
 from stream_monitor.ingest import open_source
@@ -143,12 +143,12 @@ class RedirectingRtspServer:
 
 # ---------------------------------------------------------------- the monitor under attack
 
-async def _monitor(tmp_path: Path, redis_url: str | None = None, **api: Any) -> Monitor:
+async def _monitor(tmp_path: Path, redis_url: str | None = None, **api: Any) -> Service:
     overrides = small_config(detectors={"enabled": ["caddm"]}, alerts={"stdout": False},
                              ingest={"open_timeout_s": 3, "read_timeout_s": 3, "realtime": False},
                              api={"port": 0, "token": TOKEN, "source_hosts": ["127.0.0.1"], **api},
                              redis={"url": redis_url})
-    monitor = Monitor(load_config(overrides=overrides, environ={}))
+    monitor = Service(load_config(overrides=overrides, environ={}))
     await monitor.start()
     return monitor
 
@@ -440,7 +440,7 @@ def test_fleet_desired_streams_are_checked_like_the_api(tmp_path: Path, outside:
     client = redis.Redis.from_url(redis_server.url)
 
     async def main() -> None:
-        monitor = Monitor(load_config(overrides=overrides, environ={}))
+        monitor = Service(load_config(overrides=overrides, environ={}))
         await monitor.start()
         try:
             for stream_id, url in [("a", f"rtsp://{two.address}/cam"), ("b", f"http://{three.address}/v.mp4"),

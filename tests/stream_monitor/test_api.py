@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import load_config
 from tests.support import api as support_api
 from tests.support.small import small_config
@@ -48,13 +48,13 @@ class SilentListener:
         self.sock.close()
 
 
-async def _monitor(tmp_path: Path, **sections: Any) -> Monitor:
+async def _monitor(tmp_path: Path, **sections: Any) -> Service:
     overrides = small_config(detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 2,
                                                                         "window_stride": 2}},
                              api={"port": 0, "token": TOKEN, "predict_roots": [str(tmp_path / "videos")],
                                   "predict_hosts": ["allowed.example"]},
                              alerts={"stdout": False}, **sections)
-    monitor = Monitor(load_config(overrides=overrides, environ={}))
+    monitor = Service(load_config(overrides=overrides, environ={}))
     await monitor.start()
     return monitor
 

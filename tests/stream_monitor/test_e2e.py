@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import load_config
 from tests.support.polling import until, until_async
 from tests.support.rtsp import RtspServer
@@ -68,7 +68,7 @@ def test_rtsp_to_redis_with_outage_and_reconnect(tmp_path: Path, long_face_video
                     live.append({"channel": msg["channel"].decode(), **json.loads(msg["data"])})
 
         listener = asyncio.create_task(listen())
-        monitor = Monitor(cfg)
+        monitor = Service(cfg)
         await monitor.start()
         api = f"http://127.0.0.1:{monitor.api_port}"
         out: dict[str, Any] = {}

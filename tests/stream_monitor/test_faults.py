@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import torch
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.inference import batcher
 from stream_monitor.inference.analysis import FrameAnalysis, StreamAnalysis
@@ -204,7 +204,7 @@ def test_a_lane_failing_for_unhealthy_after_s_makes_readyz_fail_until_it_recover
 
 
     async def main() -> None:
-        monitor = Monitor(load_config(overrides=overrides, environ={}))
+        monitor = Service(load_config(overrides=overrides, environ={}))
         await monitor.start()
         engine = monitor.engine
         model = engine.runners["caddm"].model  # type: ignore[attr-defined]

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from stream_monitor.app import Monitor, StreamExists
+from stream_monitor.errors import StreamExists
+from stream_monitor.service import Service
 from stream_monitor.config import ConfigError, load_config
 from tests.support.polling import sample, until, until_async
 from tests.support.servers import RedisServer
@@ -43,7 +44,7 @@ def journal(tmp: Path, name: str) -> list[dict[str, Any]]:
 
 
 class Worker:
-    def __init__(self, monitor: Monitor, session: aiohttp.ClientSession) -> None:
+    def __init__(self, monitor: Service, session: aiohttp.ClientSession) -> None:
         self.monitor, self.session = monitor, session
         self.name = monitor.cfg.worker_name
         self.base = f"http://127.0.0.1:{monitor.api_port}"
@@ -59,10 +60,10 @@ class Worker:
 
 async def _workers(redis_url: str, tmp: Path, names: list[str], capacity: int = 4) -> AsyncIterator[list[Worker]]:
     session = aiohttp.ClientSession()
-    monitors: list[Monitor] = []
+    monitors: list[Service] = []
     try:
         for name in names:
-            monitor = Monitor(_config(redis_url, name, tmp, capacity))
+            monitor = Service(_config(redis_url, name, tmp, capacity))
             monitors.append(monitor)
             await monitor.start()
         yield [Worker(m, session) for m in monitors]

@@ -17,7 +17,7 @@ from aiohttp.web_urldispatcher import StaticResource
 from stream_monitor.api import build_api
 from stream_monitor.api.auth import QUERY_TOKEN_ROUTES, is_open
 from stream_monitor.api.openapi import openapi_document
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import load_config
 from tests.support.small import small_config
 
@@ -25,10 +25,10 @@ TOKEN = "openapi-test-token-Qx8vN2mLp4Rz7Kw9Yb1"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
-def _monitor() -> Monitor:
+def _monitor() -> Service:
     overrides = small_config(detectors={"enabled": ["caddm"]}, api={"port": 0, "token": TOKEN},
                              alerts={"stdout": False})
-    return Monitor(load_config(overrides=overrides, environ={}))
+    return Service(load_config(overrides=overrides, environ={}))
 
 
 def routed(app: web.Application) -> set[tuple[str, str]]:

@@ -24,7 +24,7 @@ import numpy as np
 import redis
 import yaml
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import load_config
 from stream_monitor.ingest.synthetic import SyntheticSpec, synthetic_frames
 from stream_monitor.pipeline import StreamPipeline
@@ -73,7 +73,7 @@ def test_stop_while_a_forward_is_stuck_ends_every_incident_within_the_grace(
 
     async def main() -> None:
         with SlowForward(fast=3) as slow:
-            monitor = Monitor(cfg)
+            monitor = Service(cfg)
             stopped = False
             try:
                 await monitor.start()
@@ -105,7 +105,7 @@ def test_fleet_delete_while_busy_releases_the_lease_and_the_id_can_be_added_agai
 
     async def main() -> None:
         with SlowForward(fast=3) as slow:
-            monitor = Monitor(cfg)
+            monitor = Service(cfg)
             try:
                 await monitor.start()
                 async with aiohttp.ClientSession(f"http://127.0.0.1:{monitor.api_port}") as http:
@@ -193,7 +193,7 @@ def test_per_track_state_is_bounded_after_many_tracks(redis_server: RedisServer)
     tracks = 20
 
     async def main() -> StreamPipeline:
-        monitor = Monitor(cfg)
+        monitor = Service(cfg)
         try:
             await monitor.start()
             assert monitor.policy is not None

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import redis.asyncio as aioredis
 
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import load_config
 from tests.support.schema import check_schema
 from tests.support.chromium import (Chromium, Page, chromium_problem, netns_problem, run_in_private_netns,
@@ -54,13 +54,13 @@ def ui_config(redis_url: str | None = None, sta: bool = False) -> dict[str, Any]
                         redis={"url": redis_url, "retry": {"initial_s": 0.2, "max_s": 1.0}} if redis_url else {})
 
 
-async def start_monitor(overrides: dict[str, Any]) -> Monitor:
-    monitor = Monitor(load_config(overrides=overrides, environ={}))
+async def start_monitor(overrides: dict[str, Any]) -> Service:
+    monitor = Service(load_config(overrides=overrides, environ={}))
     await monitor.start()
     return monitor
 
 
-def base_url(monitor: Monitor) -> str:
+def base_url(monitor: Service) -> str:
     return f"http://127.0.0.1:{monitor.api_port}"
 
 
@@ -105,7 +105,7 @@ async def collect(resp: aiohttp.ClientResponse, until: Callable[[list[Event]], b
     return events
 
 
-async def add_stream(s: aiohttp.ClientSession, monitor: Monitor, stream_id: str, url: str = SYNTH) -> None:
+async def add_stream(s: aiohttp.ClientSession, monitor: Service, stream_id: str, url: str = SYNTH) -> None:
     async with s.post(base_url(monitor) + "/streams", json={"id": stream_id, "url": url}, headers=bearer()) as r:
         assert r.status == 201, await r.text()
 
@@ -113,7 +113,7 @@ async def add_stream(s: aiohttp.ClientSession, monitor: Monitor, stream_id: str,
 # ---------------------------------------------------------------------------------------------- feeds
 
 
-async def raw_get(monitor: Monitor, raw_path: str) -> bytes:
+async def raw_get(monitor: Service, raw_path: str) -> bytes:
     """The whole HTTP/1.1 reply to ``GET raw_path``, the path sent exactly as given."""
     reader, writer = await asyncio.open_connection("127.0.0.1", monitor.api_port)
     writer.write(f"GET {raw_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
@@ -331,7 +331,7 @@ def unexpected_errors(page: Page) -> list[dict[str, Any]]:
             and not (e.get("url", "").endswith("/streams") and "401" in e.get("text", ""))]
 
 
-async def open_page(browser: Chromium, monitor: Monitor, new_tab: bool = False) -> Page:
+async def open_page(browser: Chromium, monitor: Service, new_tab: bool = False) -> Page:
     """The operator page, after answering its token prompt (the API said 401 without one)."""
     page = await (browser.new_page() if new_tab else browser.page())
     await page.navigate(base_url(monitor) + "/")

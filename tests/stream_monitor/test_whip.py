@@ -15,7 +15,7 @@ from aiortc import RTCPeerConnection
 from stream_monitor.alerts.policy import AlertEvent
 from stream_monitor.api.whip import WHIP_SESSIONS
 from stream_monitor.api.whip_sessions import WhipSessions
-from stream_monitor.app import Monitor
+from stream_monitor.service import Service
 from stream_monitor.config import ConfigError, load_config
 from stream_monitor.ingest.sdp import BadOffer, check_offer, filter_candidates, sections
 from tests.support.schema import check_schema
@@ -31,13 +31,13 @@ def _loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     loopback_only(monkeypatch)
 
 
-async def _monitor(tmp_path: Path, **sections: Any) -> Monitor:
+async def _monitor(tmp_path: Path, **sections: Any) -> Service:
     overrides = small_config(
         detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 2, "window_stride": 2}},
         api={"port": 0, "token": TOKEN}, alerts={"threshold": 0.0, "start_after": 1, "stdout": False,
                                                    "jsonl": str(tmp_path / "alerts.jsonl")},
         **sections)
-    monitor = Monitor(load_config(overrides=overrides, environ={}))
+    monitor = Service(load_config(overrides=overrides, environ={}))
     await monitor.start()
     return monitor
 
@@ -45,7 +45,7 @@ async def _monitor(tmp_path: Path, **sections: Any) -> Monitor:
 class Alerts:
     """Alert events from ``monitor.broadcast``, collected as they are published."""
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Service) -> None:
         self.queue = monitor.broadcast.subscribe()
         self.events: list[dict[str, Any]] = []
 
@@ -64,7 +64,7 @@ class Alerts:
             {e["alert_id"] for e in events if e["event"] == "end"}
 
 
-def _sessions(monitor: Monitor) -> WhipSessions:
+def _sessions(monitor: Service) -> WhipSessions:
     return monitor._runners[0].app[WHIP_SESSIONS]  # the API app is the first server the monitor starts
 
 
@@ -75,7 +75,7 @@ def _server_pc(sessions: WhipSessions, pub: Publisher) -> RTCPeerConnection:
     return session.pc
 
 
-def _base(monitor: Monitor) -> str:
+def _base(monitor: Service) -> str:
     return f"http://127.0.0.1:{monitor.api_port}"
 
 
@@ -334,7 +334,7 @@ def test_publishers_that_vanish_end_cleanly_while_other_streams_go_on(tmp_path: 
                 await until(lambda: bool(alerts.of("closer", "start")) and len(alerts.open_incidents("closer")) > 0,
                             30, "an open incident on the new publisher's stream")
                 back_pc = _server_pc(sessions, back)
-                # The publisher is still sending: Monitor.stop() must end its session too.
+                # The publisher is still sending: Service.stop() must end its session too.
                 await monitor.stop()
                 assert back_pc.connectionState == "closed" and len(sessions) == 0
                 assert not alerts.open_incidents("closer"), "stop() ended the live session's incidents"
