@@ -336,7 +336,7 @@ def test_calibrate_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         ([str(reals)], "only real samples"),
         ([str(good), "--fpr", "0"], "--fpr must be in (0, 1)"),
         ([str(good), "--method", "magic"], "--method platt|isotonic"),
-        ([str(good), "--config", str(tmp_path / "absent.yaml")], "absent.yaml: cannot read"),
+        ([str(good), "--config", str(tmp_path / "absent.yaml")], "absent.yaml: no such file"),
         ([str(good), "--out", str(tmp_path / "nodir" / "cal.json")], "no such directory"),
     ]
     for args, needle in cases:
