@@ -285,7 +285,8 @@ class Soak:
     def __init__(self, plan: Plan, workdir: Path, say: Callable[[str], None] = lambda _: None) -> None:
         self.plan, self.workdir, self.say = plan, workdir, say
         self.results: list[FaultResult] = []
-        self.samples: list[tuple[float, int, int]] = []  # (t, rss kB, fds) of workers[0]
+        # (t, rss kB, fds, streams owned) of workers[0]
+        self.samples: list[tuple[float, int, int, int]] = []
         self._stop_sampling = threading.Event()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -312,8 +313,9 @@ class Soak:
     def _sample(self) -> None:
         while not self._stop_sampling.wait(5.0):
             use = self.workers[0].usage()
+            owned = sum(1 for s in self.workers[0].streams().values() if s.get("owner") == self.workers[0].name)
             if use is not None:
-                self.samples.append((time.monotonic() - self.t0, *use))
+                self.samples.append((time.monotonic() - self.t0, *use, owned))
             for worker in self.workers:
                 if worker.alive():
                     worker.scrape()
@@ -330,26 +332,29 @@ class Soak:
     def _progress(self) -> dict[str, tuple[Any, int]]:
         return {sid: (s.get("owner"), int(s.get("frames_analysed") or 0)) for sid, s in self._view().items()}
 
-    def _recovered(self, before: dict[str, tuple[Any, int]]) -> bool:
-        """Every worker that should run is ready, and every stream is up, owned, and has
-        analysed frames since ``before`` (or changed hands)."""
+    def _recovered(self, since: dict[str, tuple[Any, int]]) -> bool:
+        """Every worker that should run is ready, and every stream is owned and has analysed
+        frames since ``since`` (the end of the fault): under its owner then, or under a new
+        one. A stream between two plays of its file (reconnecting) still counts when it
+        analysed frames meanwhile: the file mounts end and restart all the time."""
         if not all(w.ready() for w in self.workers if w.proc is not None):
             return False
         view = self._view()
         for sid in self.stream_ids:
             s = view.get(sid)
-            if s is None or s.get("owner") is None or s.get("state") != "up":
+            if s is None or s.get("owner") is None:
                 return False
-            owner, frames = before.get(sid, (None, 0))
-            if s.get("owner") == owner and int(s.get("frames_analysed") or 0) <= frames:
+            owner, frames = since.get(sid, (None, 0))
+            analysed = int(s.get("frames_analysed") or 0)
+            if (s.get("owner") == owner and analysed <= frames) or analysed == 0:
                 return False
         return True
 
-    def _await_recovery(self, kind: str, at: float, before: dict[str, tuple[Any, int]], fault_end: float,
-                        detail: str = "") -> None:
+    def _await_recovery(self, kind: str, at: float, fault_end: float, detail: str = "") -> None:
         deadline = fault_end + self.plan.recover_s
+        since = self._progress()
         while time.monotonic() < deadline:
-            if self._recovered(before):
+            if self._recovered(since):
                 took = time.monotonic() - fault_end
                 self.results.append(FaultResult(kind, at, True, round(took, 2), detail))
                 self.say(f"  {kind} at {at:.0f}s: recovered in {took:.1f}s {detail}")
@@ -361,7 +366,6 @@ class Soak:
     # -- faults ---------------------------------------------------------------------------
     def _inject(self, kind: str, at: float) -> None:
         p = self.plan
-        before = self._progress()
         detail = ""
         if kind == "rtsp_restart":
             self.rtsp.restart(down_s=p.rtsp_down_s)
@@ -392,7 +396,7 @@ class Soak:
                 victim.start()
                 return
             victim.start()
-        self._await_recovery(kind, at, before, time.monotonic(), detail)
+        self._await_recovery(kind, at, time.monotonic(), detail)
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> Report:
@@ -444,8 +448,13 @@ class Soak:
             dropped.update(worker.dropped)
         stale = sum(v for k, v in dropped.items() if "stale" in k or "owner" in k)
         missing = len(set(produced) - set(delivered))
+        # Sockets, buffers and decoder state come with each stream a worker owns, and ownership
+        # moves with the faults: compare the start and the end at the same number of streams
+        # (the end's), when the run after the warm-up had it; else simply start and end.
         warm = [s for s in self.samples if s[0] >= self.plan.warmup_s] or self.samples
-        head, tail = warm[:3], warm[-3:]
+        tail = warm[-3:]
+        same = [s for s in warm if tail and s[3] == tail[-1][3]]
+        head = same[:3] if len(same) > len(tail) else warm[:3]
         med = lambda rows, i: int(statistics.median(r[i] for r in rows)) if rows else 0  # noqa: E731
         return Report(
             plan=asdict(self.plan), faults=self.results, produced=len(produced), delivered=len(delivered),
