@@ -123,7 +123,7 @@ class StreamPipeline:
         # for its windows instead of letting the lanes shed them: nothing of it is lost.
         self.lossless = False
         self._ended: set[int] = set()
-        self._seen_tracks: set[int] = set()
+        self._seen_tracks: set[int] = set()  # active tracks already counted in tracks_seen
         self.stats = StreamStats()
         self._inflight: deque[tuple[Frame, asyncio.Future[FrameAnalysis]]] = deque()
         # What the operator page shows: the newest analysed frame and its faces' scores.
@@ -220,6 +220,7 @@ class StreamPipeline:
             self._scores.clear()
             self._pending_scores.clear()
             self._last_window.clear()
+            self._seen_tracks.clear()
             self.closed = True
 
     def _abandon(self) -> dict[str, int]:
@@ -318,6 +319,7 @@ class StreamPipeline:
         for clip in analysis.clips:
             self._submit(clip, frame)
         for track_id in analysis.ended:
+            self._seen_tracks.discard(track_id)  # an ended id is not seen again: bounded by active tracks
             pending = self._pending_scores.pop(track_id, set())
             self._spawn(self._end_track(track_id, pending, end_reason))
 

@@ -211,6 +211,8 @@ def test_per_track_state_is_bounded_after_many_tracks(redis_server: RedisServer)
             assert pipeline.stats.frames_analysed == tracks
             assert len(pipeline._ended) == 0, f"{len(pipeline._ended)} ended track ids kept"
             assert pipeline._scores == {} and pipeline._pending_scores == {}
+            assert pipeline._seen_tracks == set() and pipeline.stats.tracks_seen == tracks
+            assert len(pipeline._last_window) == 0
             assert monitor.policy.active_incidents() == 0
             await pipeline.close()
             return pipeline
