@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-import yaml
 
 from stream_monitor.alerts.policy import AlertEvent
 from stream_monitor.alerts.publisher import RedisPublisher
@@ -31,10 +25,9 @@ from stream_monitor.alerts.tail import tail
 from stream_monitor.metrics import Metrics
 from tests.support.polling import sample
 from tests.support.schema import check_schema, metric
-from tests.support.servers import RedisServer, free_port, stop_process, wait_until
-from tests.support.small import small_config
+from tests.support.fleet_worker import WorkerProcess
+from tests.support.servers import RedisServer, stop_process, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 TTL_S = 2.0
 TICK_S = 0.25
 SOURCE = "synthetic:astronaut?fps=5&size=240x180"
@@ -131,47 +124,6 @@ def test_alerts_tail_rejects_events_of_stale_owners(redis_server: RedisServer) -
     asyncio.run(main())
 
 
-class Worker:
-    """``stream-monitor serve`` in its own process: a fleet member with a short lease."""
-
-    def __init__(self, name: str, tmp: Path, redis_url: str) -> None:
-        self.name, self.port = name, free_port()
-        self.journal = tmp / f"{name}.jsonl"
-        cfg = small_config(
-            worker_name=name,
-            detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 2, "window_stride": 2}},
-            api={"port": self.port}, redis={"url": redis_url},
-            alerts={"threshold": 0.0, "start_after": 1, "stdout": False},  # every track opens an incident
-            fleet={"enabled": True, "capacity": 1, "lease_ttl_s": TTL_S, "tick_s": TICK_S,
-                   "journal": str(self.journal)})
-        self.config = tmp / f"{name}.yaml"
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.log = tmp / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("STREAM_MONITOR_REDIS_URL", None)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "stream_monitor", "serve", "--config",
-                                          str(self.config)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited: {self.log.read_text()[-3000:]}")
-        try:
-            return self.get("/readyz")[0] == 200
-        except OSError:
-            return False
-
-    def events(self) -> list[str]:
-        return [json.loads(x)["event"] for x in self.journal.read_text().splitlines()] if self.journal.exists() else []
-
-
 def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path: Path,
                                                                         redis_server: RedisServer) -> None:
     client: Any = redis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -197,7 +149,8 @@ def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path:
         return all(a in ends and ends[a]["worker"] == owner and ends[a]["lease_epoch"] == epoch
                    and ends[a]["seq"] == json.loads(last)["seq"] + 1 for a, last in opened.items())
 
-    workers = [Worker(n, tmp_path, redis_server.url) for n in ("w1", "w2")]
+    workers = [WorkerProcess(n, tmp_path, redis_server.url, capacity=1, ttl_s=TTL_S, tick_s=TICK_S).start()
+               for n in ("w1", "w2")]
     try:
         for w in workers:
             wait_until(w.ready, 120, f"worker {w.name}")
@@ -220,7 +173,7 @@ def test_paused_and_killed_owners_are_fenced_and_their_incidents_ended(tmp_path:
         # event it still emits (its ends of the incidents it had open, anything its pipeline
         # still had); it counts them.
         first.proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: "lost" in first.events(), 10, f"{first.name} to give the stream up")
+        wait_until(lambda: "lost" in [r["event"] for r in first.records()], 10, f"{first.name} to give the stream up")
         time.sleep(1.0)  # what it still had queued has been sent
         stale = [(e["event"], e.get("lease_epoch")) for e in log()[claimed_at:] if e["worker"] == first.name]
         assert stale == [], f"{first.name} published after {second.name} claimed the stream: {stale}"

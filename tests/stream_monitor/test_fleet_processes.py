@@ -12,73 +12,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import redis
-import yaml
 
-from tests.support.servers import RedisServer, free_port, stop_process, wait_until
-from tests.support.small import small_config
+from tests.support.fleet_worker import WorkerProcess
+from tests.support.servers import RedisServer, stop_process, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 TTL_S = 3.0
 TICK_S = 0.5
 SOURCE = "synthetic:astronaut?fps=5&size=240x180"
 STREAMS = [f"cam{i}" for i in range(6)]
-
-
-class WorkerProcess:
-    def __init__(self, name: str, tmp: Path, redis_url: str) -> None:
-        self.name, self.port = name, free_port()
-        self.journal = tmp / f"{name}.jsonl"
-        cfg = small_config(
-            worker_name=name,
-            detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 2, "window_stride": 2}},
-            api={"port": self.port}, redis={"url": redis_url},
-            alerts={"threshold": 0.0, "start_after": 1, "stdout": False},  # every track opens an incident
-            fleet={"enabled": True, "capacity": 6, "lease_ttl_s": TTL_S, "tick_s": TICK_S,
-                   "journal": str(self.journal)})
-        self.config = tmp / f"{name}.yaml"
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.log = tmp / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.killed_at: float | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("STREAM_MONITOR_REDIS_URL", None)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "stream_monitor", "serve", "--config", str(self.config)],
-                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker {self.name} exited: {self.log.read_text()[-3000:]}")
-        return self.call("GET", "/readyz")[0] == 200
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.journal.read_text().splitlines()] if self.journal.exists() else []
 
 
 def _view(worker: WorkerProcess) -> dict[str, dict[str, Any]]:
@@ -116,7 +64,8 @@ def test_three_workers_share_six_streams_survive_kill_and_hand_over(tmp_path: Pa
     (tmp_path / "redis").mkdir()
     server = RedisServer(tmp_path / "redis")
     server.start()
-    workers = [WorkerProcess(f"w{i}", tmp_path, server.url) for i in range(1, 4)]
+    workers = [WorkerProcess(f"w{i}", tmp_path, server.url, capacity=6, ttl_s=TTL_S, tick_s=TICK_S, sample_fps="all")
+               for i in range(1, 4)]
     try:
         for w in workers:
             w.start()
