@@ -23,6 +23,7 @@ from typing import Annotated, Any, Optional, cast
 
 import typer
 
+from .allocator import tune_allocator
 from .config import DETECTOR_NAMES, Config, ConfigError, load_config
 from .errors import SourceError, StreamMonitorError, WeightsError
 from .logs import LEVELS, setup_logging
@@ -822,6 +823,7 @@ def main() -> None:
     ``error:`` line and exit 2, like every other expected failure."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+    tune_allocator()  # before any thread starts: see stream_monitor.allocator
     try:
         code = app(standalone_mode=False)
     except NoArgsIsHelpError:

@@ -130,6 +130,9 @@ class Report:
     fds_start: int
     fds_end: int
     wall_s: float
+    # (seconds since start, RSS kB, open fds, streams owned) of the unsignalled worker, every
+    # 5 s: what the growth figure comes from, to set against the faults' times.
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)
 
     @property
     def survived(self) -> int:
@@ -436,7 +439,8 @@ class Soak:
                     produced[(ev["alert_id"], ev["seq"])] += 1
         client = redis.Redis(host="127.0.0.1", port=self.redis.port)
         try:
-            entries = [json.loads(fields[b"alert"]) for _, fields in client.xrange(f"{PREFIX}:alerts")]
+            rows: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(f"{PREFIX}:alerts")  # type: ignore[assignment]
+            entries = [json.loads(fields[b"alert"]) for _, fields in rows]
         finally:
             client.close()
         delivered = Counter((ev["alert_id"], ev["seq"]) for ev in entries)
@@ -461,7 +465,7 @@ class Soak:
             duplicated=sum(n - 1 for n in delivered.values() if n > 1), refused_stale=stale,
             lost=max(0, missing - stale), open_incidents=sum(1 for ev in last.values() if ev["event"] != "end"),
             dropped=dict(dropped), rss_start_kb=med(head, 1), rss_end_kb=med(tail, 1), fds_start=med(head, 2),
-            fds_end=med(tail, 2), wall_s=round(wall, 1))
+            fds_end=med(tail, 2), wall_s=round(wall, 1), samples=[(round(t, 1), rss, fds, owned) for t, rss, fds, owned in self.samples])
 
 
 def main(argv: list[str] | None = None) -> int:
