@@ -26,7 +26,6 @@ changed. Not glibc (musl, macOS): nothing to do.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import platform
@@ -65,7 +64,8 @@ def tune_allocator(environ: Mapping[str, str] = os.environ) -> dict[str, int]:
     if chosen is not None:
         log.debug("malloc left as set by %s", chosen)
         return {}
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # glibc's soname on every Linux architecture; find_library would run ldconfig for it.
+    libc = ctypes.CDLL("libc.so.6")
     applied: dict[str, int] = {}
     for name, param, value in (("arena_max", M_ARENA_MAX, ARENAS), ("mmap_threshold", M_MMAP_THRESHOLD,
                                                                     MMAP_THRESHOLD)):

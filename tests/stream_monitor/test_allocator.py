@@ -79,7 +79,8 @@ print(json.dumps({"applied": applied, "mmapped": after - before, "arenas": info(
 
 
 def _probe(how: str, **env: str) -> dict[str, object]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", OPT_OUT)}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", OPT_OUT)}
     out = subprocess.run([sys.executable, "-c", PROBE, how], cwd=ROOT, env={**clean, "PYTHONPATH": str(ROOT), **env},
                          capture_output=True, text=True, timeout=120, check=True)
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -465,7 +465,8 @@ class Soak:
             duplicated=sum(n - 1 for n in delivered.values() if n > 1), refused_stale=stale,
             lost=max(0, missing - stale), open_incidents=sum(1 for ev in last.values() if ev["event"] != "end"),
             dropped=dict(dropped), rss_start_kb=med(head, 1), rss_end_kb=med(tail, 1), fds_start=med(head, 2),
-            fds_end=med(tail, 2), wall_s=round(wall, 1), samples=[(round(t, 1), rss, fds, owned) for t, rss, fds, owned in self.samples])
+            fds_end=med(tail, 2), wall_s=round(wall, 1),
+            samples=[(round(t, 1), rss, fds, owned) for t, rss, fds, owned in self.samples])
 
 
 def main(argv: list[str] | None = None) -> int:
