@@ -159,7 +159,7 @@ class Report:
                   f"| produced | {self.produced} |", f"| delivered | {self.delivered} |",
                   f"| duplicated | {self.duplicated} |", f"| refused (stale owner) | {self.refused_stale} |",
                   f"| lost | {self.lost} |", f"| incidents left open | {self.open_incidents} |", "",
-                  "| resource (unsignalled worker, after warm-up) | start | end | growth |", "|---|---|---|---|",
+                  "| resource (unsignalled worker) | end of warm-up | end | growth |", "|---|---|---|---|",
                   f"| RSS (MiB) | {self.rss_start_kb / 1024:.1f} | {self.rss_end_kb / 1024:.1f} | "
                   f"{self.rss_growth * 100:+.1f} % |",
                   f"| open fds | {self.fds_start} | {self.fds_end} | {self.fds_end - self.fds_start:+d} |"]
@@ -452,13 +452,17 @@ class Soak:
             dropped.update(worker.dropped)
         stale = sum(v for k, v in dropped.items() if "stale" in k or "owner" in k)
         missing = len(set(produced) - set(delivered))
-        # Sockets, buffers and decoder state come with each stream a worker owns, and ownership
-        # moves with the faults: compare the start and the end at the same number of streams
-        # (the end's), when the run after the warm-up had it; else simply start and end.
-        warm = [s for s in self.samples if s[0] >= self.plan.warmup_s] or self.samples
-        tail = warm[-3:]
-        same = [s for s in warm if tail and s[3] == tail[-1][3]]
-        head = same[:3] if len(same) > len(tail) else warm[:3]
+        # The start is the steady state at the end of the warm-up: the samples of the 30 s
+        # before the first fault (it fires at warmup_s), so that no outage is in it. Sockets,
+        # buffers and decoder state come with each stream a worker owns, and ownership moves
+        # with the faults: compare the start and the end at the same number of streams (the
+        # end's) when the run had it before the end; else simply the end of the warm-up.
+        tail = self.samples[-3:]
+        owned = tail[-1][3] if tail else None
+        before = [s for s in self.samples if self.plan.warmup_s - 30.0 <= s[0] < self.plan.warmup_s]
+        after = [s for s in self.samples[:-3] if s[0] >= self.plan.warmup_s]
+        head = ([s for s in before if s[3] == owned][-3:] or [s for s in after if s[3] == owned][:3]
+                or before[-3:] or after[:3] or tail)
         med = lambda rows, i: int(statistics.median(r[i] for r in rows)) if rows else 0  # noqa: E731
         return Report(
             plan=asdict(self.plan), faults=self.results, produced=len(produced), delivered=len(delivered),
@@ -466,7 +470,7 @@ class Soak:
             lost=max(0, missing - stale), open_incidents=sum(1 for ev in last.values() if ev["event"] != "end"),
             dropped=dict(dropped), rss_start_kb=med(head, 1), rss_end_kb=med(tail, 1), fds_start=med(head, 2),
             fds_end=med(tail, 2), wall_s=round(wall, 1),
-            samples=[(round(t, 1), rss, fds, owned) for t, rss, fds, owned in self.samples])
+            samples=[(round(t, 1), rss, fds, n) for t, rss, fds, n in self.samples])
 
 
 def main(argv: list[str] | None = None) -> int:
