@@ -46,25 +46,26 @@ class WorkerProcess:
                                          cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         return self
 
-    def get(self, path: str) -> tuple[int, str]:
-        """Status and body text of a GET on the worker's API."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """Status and JSON answer of a request with an optional JSON body."""
+    def _request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """Status and raw body of a request on the worker's API (an HTTP error is an answer)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data else {})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
+                return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, exc.read()
+
+    def get(self, path: str) -> tuple[int, str]:
+        """Status and body text of a GET on the worker's API."""
+        status, raw = self._request("GET", path)
+        return status, raw.decode()
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Status and JSON answer of a request with an optional JSON body."""
+        status, raw = self._request(method, path, body)
+        return status, json.loads(raw) if raw else None
 
     def ready(self) -> bool:
         assert self.proc is not None

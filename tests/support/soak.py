@@ -316,8 +316,8 @@ class Soak:
     def _sample(self) -> None:
         while not self._stop_sampling.wait(5.0):
             use = self.workers[0].usage()
-            owned = sum(1 for s in self.workers[0].streams().values() if s.get("owner") == self.workers[0].name)
-            if use is not None:
+            if use is not None:  # the worker runs: ask it what it owns too
+                owned = sum(1 for s in self.workers[0].streams().values() if s.get("owner") == self.workers[0].name)
                 self.samples.append((time.monotonic() - self.t0, *use, owned))
             for worker in self.workers:
                 if worker.alive():
