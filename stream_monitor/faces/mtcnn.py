@@ -14,6 +14,13 @@ frontal face, i.e. the subject's right eye), as x in outputs 0-4 and y in 5-9, w
 facenet-pytorch stacks into ``[N, 5, 2]`` (x, y) pixels. That is already our order
 (:mod:`stream_monitor.types`); ``tests/stream_monitor/test_faces_detect.py`` checks it on
 a real face.
+
+Batch sizes are powers of two (:mod:`stream_monitor.batch_sizes`: oneDNN compiles a kernel
+per input shape): a chunk of frames is split into power-of-two stacks, and the R- and O-nets,
+whose batch is the number of candidate boxes (different on nearly every call), run on
+batches zero-padded to the next power of two (:class:`PaddedBatches`). The padding rows are
+cut off again; every layer of these nets works per sample, so the real rows' outputs do not
+depend on them.
 """
 
 from __future__ import annotations
@@ -24,10 +31,31 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..batch_sizes import padded_size, power_of_two_parts
 from ..config import FacesConfig
 from ..errors import FaceBackendError
 from ..types import FaceObs
 from .detect import check_images, make_face, select_faces
+
+
+class PaddedBatches(torch.nn.Module):
+    """``net`` run on batches zero-padded to :func:`padded_size`, its outputs cut back to ``n``.
+
+    For a net whose every output is ``[n, ...]`` and whose rows do not depend on each other
+    (MTCNN's R- and O-nets: convolutions, PReLU, a linear layer, softmax over classes).
+    Input ``[n, 3, S, S]`` float32; outputs as the net's, a tuple of ``[n, ...]`` tensors.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = int(batch.shape[0])
+        size = padded_size(n)
+        if size > n:
+            batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
+        return tuple(out[:n] for out in self.net(batch))
 
 
 def _float32(value: Any) -> np.ndarray:
@@ -57,6 +85,9 @@ class MtcnnDetector:
         # do not ask for; select_largest=False keeps facenet's order by probability.
         self._mtcnn = MTCNN(keep_all=True, device=self.device, post_process=False, min_face_size=cfg.min_size,
                             select_largest=False)
+        # facenet's detect_face calls these two by attribute: see PaddedBatches.
+        self._mtcnn.rnet = PaddedBatches(self._mtcnn.rnet)
+        self._mtcnn.onet = PaddedBatches(self._mtcnn.onet)
         self._mtcnn.eval()
 
     supports_regions = True  # detect_sized: see stream_monitor.faces.roi
@@ -86,10 +117,12 @@ class MtcnnDetector:
             if min(height, width) < min_face:
                 continue
             for start in range(0, len(indices), self.cfg.batch_size):
-                chunk = indices[start:start + self.cfg.batch_size]
-                found = self._detect_stack(np.stack([images[i] for i in chunk]), select)
-                for i, faces in zip(chunk, found):
-                    out[i] = faces
+                batch = indices[start:start + self.cfg.batch_size]
+                for part in power_of_two_parts(len(batch)):
+                    chunk = batch[part]
+                    found = self._detect_stack(np.stack([images[i] for i in chunk]), select)
+                    for i, faces in zip(chunk, found):
+                        out[i] = faces
         return out
 
     def _detect_stack(self, stack: np.ndarray,

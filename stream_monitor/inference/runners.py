@@ -76,6 +76,7 @@ from models import sha256_file
 from models.card import ModelCard
 
 from ..config import CompileMode
+from ..batch_sizes import power_of_two_parts
 from ..faces.align import Aligner, stack_on_device
 from ..types import Clip, WindowItem
 from ..windows import WindowSpec
@@ -226,11 +227,16 @@ class PerFrameRunner(_Base):
                     todo[id(item)] = item
         if todo:
             items = list(todo.values())
-            x = self._conv_input(self.card.preprocess(stack_on_device([it.patch for it in items], self.device)))
-            with self._autocast():
-                probs = self._forward(x).float().cpu().tolist()
-            for item, p in zip(items, probs):
-                item.cache[self.name] = float(p)
+            # On the CPU, power-of-two batches: oneDNN compiles a kernel per input shape
+            # (stream_monitor.batch_sizes); each frame's score does not depend on its batch.
+            parts = power_of_two_parts(len(items)) if self.device.type == "cpu" else [slice(0, len(items))]
+            for part in parts:
+                chunk = items[part]
+                x = self._conv_input(self.card.preprocess(stack_on_device([it.patch for it in chunk], self.device)))
+                with self._autocast():
+                    probs = self._forward(x).float().cpu().tolist()
+                for item, p in zip(chunk, probs):
+                    item.cache[self.name] = float(p)
             self.frames_computed += len(items)
         return [float(np.mean([it.cache[self.name] for it in clip.items])) for clip in clips]
 

@@ -113,6 +113,39 @@ def test_per_frame_results_are_cached_across_overlapping_windows() -> None:
     assert runner.frames_computed == 8, "each frame is scored once although windows overlap"
 
 
+def test_per_frame_runner_scores_cpu_batches_in_powers_of_two() -> None:
+    # oneDNN compiles a kernel per input shape (stream_monitor.batch_sizes): 6 new frames go
+    # through the model as 4 + 2, and each frame's score is what a forward of all 6 gives it.
+    engine = _engine(detectors={"enabled": ["caddm"], "caddm": {"sample_fps": "all", "window_len": 4,
+                                                                "window_stride": 2}})
+    runner = engine.runners["caddm"]
+    assert isinstance(runner, PerFrameRunner) and runner.device.type == "cpu"
+
+    async def clips() -> list[Clip]:
+        await engine.start()
+        await engine.open_stream("a")
+        analyses = await asyncio.gather(*(engine.analyse(f) for f in _frames("a", 6)))
+        await engine.stop()
+        return [c for a in analyses for c in a.clips]
+
+    windows = asyncio.run(clips())
+    assert [[it.seq for it in c.items] for c in windows] == [[0, 1, 2, 3], [2, 3, 4, 5]]
+    fresh = [dataclasses.replace(c, items=tuple(dataclasses.replace(it, cache={}) for it in c.items)) for c in windows]
+    fresh[1] = dataclasses.replace(fresh[1], items=fresh[0].items[2:] + fresh[1].items[2:])  # shared frames shared
+    sizes: list[int] = []
+    hook = runner.model.register_forward_pre_hook(lambda _m, args: sizes.append(int(args[0].shape[0])))
+    try:
+        scores = runner.run(fresh)
+    finally:
+        hook.remove()
+    assert sizes == [4, 2]
+    items = list(fresh[0].items) + list(fresh[1].items[2:])
+    with torch.no_grad():
+        whole = runner.model(runner.card.preprocess(np.stack([it.patch for it in items]))).tolist()
+    np.testing.assert_allclose([it.cache["caddm"] for it in items], whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(scores, [np.mean(whole[:4]), np.mean(whole[2:])], rtol=0, atol=1e-6)
+
+
 def test_styleflow_latents_are_computed_once_per_frame_and_reused() -> None:
     # The card's windows: 32 frames, stride 32 (non-overlapping, one clip transform each).
     # Stream a: 64 frames, two full windows. Stream b: a 20-frame track, one final window

@@ -21,6 +21,8 @@ from skimage import data
 from stream_monitor.config import FacesConfig
 from stream_monitor.errors import FaceBackendError
 from stream_monitor.faces.detect import FaceDetector, create_detector, select_faces
+from stream_monitor.batch_sizes import padded_size, power_of_two_parts
+from stream_monitor.faces.mtcnn import MtcnnDetector, PaddedBatches
 from stream_monitor.types import FaceObs
 from tests.support.scrfd_model import export_fake_scrfd, expected_faces
 
@@ -174,14 +176,80 @@ def test_mtcnn_batch_equals_one_by_one_and_groups_by_size(batch_size: int, monke
     monkeypatch.setattr(facenet_pytorch.MTCNN, "detect", counting_detect)
     batched = detector.detect(frames)
     _assert_same(batched, singles, atol=1e-3)
-    # One stacked call per size (640x480: 3 frames, 480x360: 3 frames), split by batch_size.
-    per_size = 3 if batch_size >= 3 else batch_size
-    assert sorted(stacks) == sorted([(n, 360, 480, 3) for n in _chunks(3, per_size)]
-                                    + [(n, 480, 640, 3) for n in _chunks(3, per_size)])
+    # Stacked calls per size (640x480: 3 frames, 480x360: 3 frames), split by batch_size, and
+    # each chunk into power-of-two stacks (3 frames: 2 + 1).
+    per_size = [part.stop - part.start for n in _chunks(3, batch_size) for part in power_of_two_parts(n)]
+    assert sorted(per_size) == [1, 2]
+    assert sorted(stacks) == sorted([(n, 360, 480, 3) for n in per_size] + [(n, 480, 640, 3) for n in per_size])
 
 
 def _chunks(total: int, size: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
+
+
+def test_power_of_two_parts_cover_the_batch_in_order() -> None:
+    assert power_of_two_parts(0) == []
+    assert power_of_two_parts(7) == [slice(0, 4), slice(4, 6), slice(6, 7)]
+    assert power_of_two_parts(8) == [slice(0, 8)]
+    for n in range(1, 70):
+        parts = power_of_two_parts(n)
+        assert [i for p in parts for i in range(n)[p]] == list(range(n))
+        lengths = [p.stop - p.start for p in parts]
+        assert all(k & (k - 1) == 0 for k in lengths) and len(set(lengths)) == len(lengths)
+    with pytest.raises(ValueError):
+        power_of_two_parts(-1)
+
+
+def test_padded_size_is_the_next_power_of_two() -> None:
+    assert [padded_size(n) for n in range(10)] == [0, 1, 2, 4, 4, 8, 8, 8, 8, 16]
+    assert (padded_size(512), padded_size(257)) == (512, 512)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 17])
+def test_padded_r_and_o_nets_give_each_row_what_the_net_gives_it(n: int) -> None:
+    from facenet_pytorch.models.mtcnn import ONet, RNet
+
+    torch.manual_seed(n)
+    for net, side in ((RNet(), 24), (ONet(), 48)):  # facenet's released weights
+        net.eval()
+        batch = torch.randn(n, 3, side, side)
+        seen: list[int] = []
+        net.register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+        with torch.inference_mode():
+            expected = [net(batch[i:i + 1]) for i in range(n)]  # one row at a time: no padding anywhere
+            padded = PaddedBatches(net)(batch)
+        assert seen[-1] == padded_size(n)
+        assert all(out.shape[0] == n for out in padded)
+        for k, out in enumerate(padded):
+            torch.testing.assert_close(out, torch.cat([e[k] for e in expected]), atol=1e-5, rtol=1e-4)
+
+
+def test_mtcnn_runs_r_and_o_nets_at_powers_of_two_and_finds_what_facenet_finds(mtcnn: FaceDetector) -> None:
+    # Why it matters: oneDNN compiles a kernel per input shape, and the number of candidate
+    # boxes differs on nearly every frame (stream_monitor.faces.mtcnn's docstring).
+    from facenet_pytorch import MTCNN
+
+    assert isinstance(mtcnn, MtcnnDetector)
+    sizes: list[int] = []
+    wrapped = [mtcnn._mtcnn.rnet, mtcnn._mtcnn.onet]
+    assert all(isinstance(w, PaddedBatches) for w in wrapped)
+    hooks = [w.net.register_forward_pre_hook(lambda _m, args: sizes.append(int(args[0].shape[0]))) for w in wrapped]
+    try:
+        frames = [_one_face_frame()[0], _two_face_frame()[0], _one_face_frame(scale=0.5, x=300, y=200)[0]]
+        ours = mtcnn.detect(frames)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert sizes and all(s & (s - 1) == 0 for s in sizes), sizes
+    plain = MTCNN(keep_all=True, device="cpu", post_process=False, min_face_size=40, select_largest=False).eval()
+    with torch.inference_mode():
+        boxes, probs, points = plain.detect(np.stack(frames), landmarks=True)
+    for faces, b, p, pts in zip(ours, boxes, probs, points):
+        kept = [k for k in range(len(p)) if p[k] >= 0.95]
+        assert len(faces) == len(kept)
+        for face, k in zip(sorted(faces, key=lambda f: -f.score), kept):
+            np.testing.assert_allclose(face.box, np.asarray(b[k], np.float32), atol=1e-2)
+            np.testing.assert_allclose(face.points, np.asarray(pts[k], np.float32), atol=1e-2)
 
 
 def test_mtcnn_filters(mtcnn: FaceDetector) -> None:
