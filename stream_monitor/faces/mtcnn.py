@@ -18,7 +18,8 @@ a real face.
 Batch sizes are powers of two (:mod:`stream_monitor.batch_sizes`: oneDNN compiles a kernel
 per input shape): a chunk of frames is split into power-of-two stacks, and the R- and O-nets,
 whose batch is the number of candidate boxes (different on nearly every call), run on
-batches zero-padded to the next power of two (:class:`PaddedBatches`). The padding rows are
+zero-padded batches of a few sizes (:func:`~stream_monitor.batch_sizes.padded_size`,
+:class:`PaddedBatches`). The padding rows are
 cut off again; every layer of these nets works per sample, so the real rows' outputs do not
 depend on them.
 """
