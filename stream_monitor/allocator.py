@@ -17,9 +17,9 @@ cause it:
 :func:`tune_allocator` sets ``M_ARENA_MAX`` to :data:`ARENAS` and ``M_MMAP_THRESHOLD`` to
 :data:`MMAP_THRESHOLD` (a fixed value also fixes the trim threshold) with ``mallopt``, early
 in the CLI, before the threads start. The same 7-minute soak plan, run back to back: +2.0 %
-instead of +6.4 % RSS growth, 161 MiB less at the end (RELIABILITY.md). What it does not
-remove: the working set a worker keeps after a load peak (memory still allocated, not free
-lists), which the hour-long soak still shows.
+instead of +6.4 % RSS growth, 161 MiB less at the end (RELIABILITY.md). What a load peak
+left allocated after that was oneDNN's kernels for new batch sizes, which
+:mod:`stream_monitor.batch_sizes` bounds.
 
 The operator's word wins: when the environment already sets glibc's malloc (``MALLOC_*``
 variables or ``glibc.malloc`` tunables), or ``STREAM_MONITOR_MALLOC=default``, nothing is

@@ -15,13 +15,12 @@ facenet-pytorch stacks into ``[N, 5, 2]`` (x, y) pixels. That is already our ord
 (:mod:`stream_monitor.types`); ``tests/stream_monitor/test_faces_detect.py`` checks it on
 a real face.
 
-Batch sizes are powers of two (:mod:`stream_monitor.batch_sizes`: oneDNN compiles a kernel
-per input shape): a chunk of frames is split into power-of-two stacks, and the R- and O-nets,
-whose batch is the number of candidate boxes (different on nearly every call), run on
-zero-padded batches of a few sizes (:func:`~stream_monitor.batch_sizes.padded_size`,
-:class:`PaddedBatches`). The padding rows are
-cut off again; every layer of these nets works per sample, so the real rows' outputs do not
-depend on them.
+Batch sizes on the CPU, where oneDNN compiles a kernel per input shape
+(:mod:`stream_monitor.batch_sizes`): a chunk of frames is split into power-of-two stacks, and
+the R- and O-nets, whose batch is the number of candidate boxes (different on nearly every
+call), run on zero-padded batches of a few sizes (:class:`PaddedBatches`). The padding rows
+are cut off again; every layer of these nets works per sample, so the real rows' outputs do
+not depend on them. On a GPU both run as facenet-pytorch runs them.
 """
 
 from __future__ import annotations
@@ -86,9 +85,10 @@ class MtcnnDetector:
         # do not ask for; select_largest=False keeps facenet's order by probability.
         self._mtcnn = MTCNN(keep_all=True, device=self.device, post_process=False, min_face_size=cfg.min_size,
                             select_largest=False)
-        # facenet's detect_face calls these two by attribute: see PaddedBatches.
-        self._mtcnn.rnet = PaddedBatches(self._mtcnn.rnet)
-        self._mtcnn.onet = PaddedBatches(self._mtcnn.onet)
+        self._on_cpu = self.device.type == "cpu"
+        if self._on_cpu:  # facenet's detect_face calls these two by attribute: see PaddedBatches
+            self._mtcnn.rnet = PaddedBatches(self._mtcnn.rnet)
+            self._mtcnn.onet = PaddedBatches(self._mtcnn.onet)
         self._mtcnn.eval()
 
     supports_regions = True  # detect_sized: see stream_monitor.faces.roi
@@ -119,7 +119,7 @@ class MtcnnDetector:
                 continue
             for start in range(0, len(indices), self.cfg.batch_size):
                 batch = indices[start:start + self.cfg.batch_size]
-                for part in power_of_two_parts(len(batch)):
+                for part in power_of_two_parts(len(batch)) if self._on_cpu else [slice(0, len(batch))]:
                     chunk = batch[part]
                     found = self._detect_stack(np.stack([images[i] for i in chunk]), select)
                     for i, faces in zip(chunk, found):

@@ -75,8 +75,8 @@ import torch
 from models import sha256_file
 from models.card import ModelCard
 
-from ..config import CompileMode
 from ..batch_sizes import power_of_two_parts
+from ..config import CompileMode
 from ..faces.align import Aligner, stack_on_device
 from ..types import Clip, WindowItem
 from ..windows import WindowSpec

@@ -407,6 +407,8 @@ class Soak:
         self.t0 = time.monotonic()
         sampler = threading.Thread(target=self._sample, daemon=True)
         sampler.start()
+        self.say(f"{self.plan.streams} streams on {self.plan.workers} workers, {self.plan.minutes:g} min; "
+                 f"warm-up until the first fault at {self.plan.warmup_s:.0f}s")
         try:
             for at, kind in self.plan.schedule():
                 wait = at - (time.monotonic() - self.t0)
