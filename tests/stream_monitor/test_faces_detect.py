@@ -18,10 +18,10 @@ import pytest
 import torch
 from skimage import data
 
+from stream_monitor.batch_sizes import padded_size, power_of_two_parts
 from stream_monitor.config import FacesConfig
 from stream_monitor.errors import FaceBackendError
 from stream_monitor.faces.detect import FaceDetector, create_detector, select_faces
-from stream_monitor.batch_sizes import padded_size, power_of_two_parts
 from stream_monitor.faces.mtcnn import MtcnnDetector, PaddedBatches
 from stream_monitor.types import FaceObs
 from tests.support.scrfd_model import export_fake_scrfd, expected_faces
