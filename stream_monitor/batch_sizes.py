@@ -38,3 +38,9 @@ def power_of_two_parts(n: int) -> list[slice]:
             parts.append(slice(start, start + (1 << bit)))
             start += 1 << bit
     return parts
+
+
+def frame_parts(n: int, device_type: str) -> list[slice]:
+    """How ``n`` frames go through a model on a ``device_type`` device: in
+    :func:`power_of_two_parts` on the CPU (oneDNN's kernels), whole elsewhere."""
+    return power_of_two_parts(n) if device_type == "cpu" else [slice(0, n)]

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..batch_sizes import padded_size, power_of_two_parts
+from ..batch_sizes import frame_parts, padded_size
 from ..config import FacesConfig
 from ..errors import FaceBackendError
 from ..types import FaceObs
@@ -85,8 +85,7 @@ class MtcnnDetector:
         # do not ask for; select_largest=False keeps facenet's order by probability.
         self._mtcnn = MTCNN(keep_all=True, device=self.device, post_process=False, min_face_size=cfg.min_size,
                             select_largest=False)
-        self._on_cpu = self.device.type == "cpu"
-        if self._on_cpu:  # facenet's detect_face calls these two by attribute: see PaddedBatches
+        if self.device.type == "cpu":  # facenet's detect_face calls these two by attribute: see PaddedBatches
             self._mtcnn.rnet = PaddedBatches(self._mtcnn.rnet)
             self._mtcnn.onet = PaddedBatches(self._mtcnn.onet)
         self._mtcnn.eval()
@@ -119,7 +118,7 @@ class MtcnnDetector:
                 continue
             for start in range(0, len(indices), self.cfg.batch_size):
                 batch = indices[start:start + self.cfg.batch_size]
-                for part in power_of_two_parts(len(batch)) if self._on_cpu else [slice(0, len(batch))]:
+                for part in frame_parts(len(batch), self.device.type):
                     chunk = batch[part]
                     found = self._detect_stack(np.stack([images[i] for i in chunk]), select)
                     for i, faces in zip(chunk, found):

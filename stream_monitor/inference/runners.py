@@ -75,7 +75,7 @@ import torch
 from models import sha256_file
 from models.card import ModelCard
 
-from ..batch_sizes import power_of_two_parts
+from ..batch_sizes import frame_parts
 from ..config import CompileMode
 from ..faces.align import Aligner, stack_on_device
 from ..types import Clip, WindowItem
@@ -227,10 +227,9 @@ class PerFrameRunner(_Base):
                     todo[id(item)] = item
         if todo:
             items = list(todo.values())
-            # On the CPU, power-of-two batches: oneDNN compiles a kernel per input shape
-            # (stream_monitor.batch_sizes); each frame's score does not depend on its batch.
-            parts = power_of_two_parts(len(items)) if self.device.type == "cpu" else [slice(0, len(items))]
-            for part in parts:
+            # Each frame's score does not depend on its batch: on the CPU, power-of-two parts
+            # (oneDNN compiles a kernel per input shape, stream_monitor.batch_sizes).
+            for part in frame_parts(len(items), self.device.type):
                 chunk = items[part]
                 x = self._conv_input(self.card.preprocess(stack_on_device([it.patch for it in chunk], self.device)))
                 with self._autocast():
